@@ -1,0 +1,1 @@
+"""lightgen-bench: GenEval, FID, the testbed world, ablations and the CLI."""

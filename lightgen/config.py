@@ -1,0 +1,109 @@
+"""Model configuration with named presets (the official `fluid_*` factories plus the CPU testbed)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightgen.errors import InputError
+
+
+@dataclass
+class LightGenConfig:
+    """Everything needed to rebuild the model, its text encoder and its latent codec.
+
+    Defaults are the official LightGen 0.7B (`fluid_large` + DiffLoss 8×1536, SD3.5 VAE, flan-T5-XXL).
+    """
+
+    # latent codec: "vae" (diffusers AutoencoderKL) or "pixel" (identity on RGB, for the testbed)
+    codec: str = "vae"
+    codec_path: str = "stabilityai/stable-diffusion-3.5-large"
+    latent_channels: int = 16
+    vae_stride: int = 8
+    patch_size: int = 2
+    scaling_factor: float = 1.5305
+    shift_factor: float = 0.0609
+    resolution: int = 512  # default sampling resolution (pixels)
+    pos_grid: int = 16  # learned position tables cover pos_grid² tokens (256 officially)
+    interpolate_offset: float = 0.1
+    # transformer (one width for encoder, decoder, cross stack and aligner, as officially)
+    width: int = 1024
+    encoder_depth: int = 16
+    decoder_depth: int = 16
+    cross_depth: int = 16
+    text_depth: int = 6
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    attn_dropout: float = 0.1
+    proj_dropout: float = 0.1
+    # text encoder: a hub id / local path of a T5 encoder, or "tiny-t5" (random, built from t5_config)
+    text_encoder: str = "google/flan-t5-xxl"
+    caption_channels: int = 4096
+    max_length: int = 128
+    t5_config: dict[str, Any] | None = None
+    text_vocab: list[str] | None = None  # tiny-t5 only: word-level vocabulary (else byte-level)
+    # diffusion head
+    diffloss_depth: int = 8
+    diffloss_width: int = 1536
+    num_sampling_steps: int = 100
+    diffusion_batch_mul: int = 4
+    # training-time behaviour
+    mask_ratio_min: float = 0.7
+    text_drop_prob: float = 0.1
+    grad_checkpointing: bool = False
+    preset: str | None = field(default=None, compare=False)
+
+    @property
+    def token_dim(self) -> int:
+        return self.latent_channels * self.patch_size ** 2
+
+    @property
+    def pixels_per_token(self) -> int:
+        return self.vae_stride * self.patch_size
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid (rows, cols) for an image size, or an InputError naming the constraint."""
+        p = self.pixels_per_token
+        if height <= 0 or width <= 0 or height % p or width % p:
+            raise InputError(f"height/width: expected positive multiples of vae_stride×patch_size = {p}, "
+                             f"got {height}×{width}")
+        return height // p, width // p
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "LightGenConfig":
+        if name not in PRESETS:
+            raise InputError(f"preset: unknown {name!r}; expected one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], "preset": name, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "LightGenConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError(f"{source}: unknown LightGenConfig field(s) {unknown}")
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+
+_TINY_T5 = dict(vocab_size=384, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                relative_attention_num_buckets=8, dropout_rate=0.0, feed_forward_proj="relu")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "lightgen-base": dict(width=768, encoder_depth=12, decoder_depth=12, cross_depth=12, num_heads=12),
+    "lightgen-0.7b": dict(),
+    "lightgen-huge": dict(width=1280, encoder_depth=20, decoder_depth=20, cross_depth=20, num_heads=16),
+    # 32 px RGB, 4×4-pixel tokens (8×8 grid): trains in minutes on 2 CPU cores.
+    "testbed": dict(codec="pixel", codec_path="", latent_channels=3, vae_stride=1, patch_size=4,
+                    scaling_factor=1.0, shift_factor=0.0, resolution=32, pos_grid=8,
+                    width=192, encoder_depth=3, decoder_depth=3, cross_depth=3, text_depth=2, num_heads=6,
+                    attn_dropout=0.0, proj_dropout=0.0,
+                    text_encoder="tiny-t5", caption_channels=64, max_length=16, t5_config=_TINY_T5,
+                    diffloss_depth=3, diffloss_width=256, diffusion_batch_mul=2),
+}

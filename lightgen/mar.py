@@ -1,0 +1,361 @@
+"""The LightGen generator (paper §4.1; official `FLUID` in `models/fluid_arbitrary.py`).
+
+MAE encoder on the visible latent tokens → MAE decoder with mask tokens → text-conditioned
+cross-attention stack (image tokens query the aligned T5 states) → per-token condition `z` for the
+diffusion head. Parameter names match the official state dict, so official weights load strictly.
+
+Masks are handled as index sets: `vis` (B, n) are the visible token positions, sorted. This is the
+same computation as boolean indexing but needs no host-device sync while sampling.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.models.embeddings import PixArtAlphaTextProjection
+from torch.utils.checkpoint import checkpoint
+
+from lightgen.config import LightGenConfig
+from lightgen.diffloss import DiffLoss
+from lightgen.errors import InputError
+
+
+# ------------------------------------------------------------------------------------------ blocks
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, drop: float):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
+    return x.unflatten(-1, (n, -1)).transpose(1, 2)  # (B, T, D) -> (B, H, T, D/H)
+
+
+class Attention(nn.Module):
+    """timm `Attention` (fused qkv, SDPA) with timm's parameter names."""
+
+    def __init__(self, dim: int, heads: int, attn_drop: float, proj_drop: float):
+        super().__init__()
+        self.heads, self.attn_drop = heads, attn_drop
+        self.qkv, self.proj, self.proj_drop = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), nn.Dropout(proj_drop)
+
+    def forward(self, x):
+        q, k, v = (_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(x.transpose(1, 2).flatten(2)))
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block (timm `Block` semantics: no LayerScale, no DropPath)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, attn_drop: float, proj_drop: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads, attn_drop, proj_drop)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), proj_drop)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, attn_drop: float, proj_drop: float):
+        super().__init__()
+        self.heads, self.attn_drop = heads, attn_drop
+        self.query_linear, self.kv = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim)
+        self.proj, self.proj_drop = nn.Linear(dim, dim), nn.Dropout(proj_drop)
+
+    def forward(self, q, k, v):
+        q = _heads(self.query_linear(q), self.heads)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(x.transpose(1, 2).flatten(2)))
+
+
+class CrossBlock(nn.Module):
+    """Official `Attention_Block(is_cross=True)`: the residual adds the *normalised* query.
+    No key-padding mask: every text position (pads included) is attended."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, attn_drop: float, proj_drop: float):
+        super().__init__()
+        self.normq, self.normkv = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.attn = CrossAttention(dim, heads, attn_drop, proj_drop)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), proj_drop)
+
+    def text_kv(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the text sequence: constant across sampling steps, so cacheable."""
+        k, v = self.attn.kv(self.normkv(text)).chunk(2, dim=-1)
+        return _heads(k, self.attn.heads), _heads(v, self.attn.heads)
+
+    def forward(self, x, kv):
+        q = self.normq(x)
+        x = q + self.attn(q, *kv)
+        return x + self.mlp(self.norm2(x))
+
+
+class TextEmbedder(nn.Module):
+    """Trainable projection of frozen T5 states + a ViT 'text aligner' (official `text_emb`)."""
+
+    def __init__(self, c: LightGenConfig):
+        super().__init__()
+        self.text_proj = PixArtAlphaTextProjection(in_features=c.caption_channels, hidden_size=c.width)
+        self.text_aligner = nn.ModuleList(
+            Block(c.width, c.num_heads, c.mlp_ratio, c.attn_dropout, c.proj_dropout) for _ in range(c.text_depth))
+        self.text_aligner_norm = nn.LayerNorm(c.width, eps=1e-6)
+
+
+@dataclass
+class TextContext:
+    """Per-call text conditioning: aligned states and, once computed, each cross block's K/V."""
+
+    states: torch.Tensor  # (B, T, D) aligned text (or fake_latent rows for dropped / uncond samples)
+    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+# ------------------------------------------------------------------------------------------- model
+class LightGen(nn.Module):
+    def __init__(self, config: LightGenConfig):
+        super().__init__()
+        self.config = c = config
+        D, n_pos = c.width, c.pos_grid ** 2
+        blk = lambda: Block(D, c.num_heads, c.mlp_ratio, c.attn_dropout, c.proj_dropout)  # noqa: E731
+        # registration order reproduces the official state_dict order
+        self.last_pos_embed_learned = nn.Parameter(torch.zeros(1, n_pos, D))
+        self.fake_latent = nn.Parameter(torch.zeros(1, 1, D))
+        self.encoder_pos_embed_learned = nn.Parameter(torch.zeros(1, n_pos, D))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.decoder_pos_embed_learned = nn.Parameter(torch.zeros(1, n_pos, D))
+        self.last_embed = nn.Linear(D, D)
+        self.text_emb = TextEmbedder(c)
+        self.cross_attn_blocks = nn.ModuleList(
+            CrossBlock(D, c.num_heads, c.mlp_ratio, c.attn_dropout, c.proj_dropout) for _ in range(c.cross_depth))
+        self.cross_norm = nn.LayerNorm(D, eps=1e-6)
+        self.z_proj = nn.Linear(c.token_dim, D)
+        self.z_proj_ln = nn.LayerNorm(D, eps=1e-6)
+        self.encoder_blocks = nn.ModuleList(blk() for _ in range(c.encoder_depth))
+        self.encoder_norm = nn.LayerNorm(D, eps=1e-6)
+        self.decoder_embed = nn.Linear(D, D)
+        self.decoder_blocks = nn.ModuleList(blk() for _ in range(c.decoder_depth))
+        self.decoder_norm = nn.LayerNorm(D, eps=1e-6)
+        self._init_weights()
+        self.diffloss = DiffLoss(c.token_dim, D, c.diffloss_width, c.diffloss_depth, c.num_sampling_steps)
+        self.diffloss.net.grad_checkpointing = c.grad_checkpointing
+
+    def _init_weights(self) -> None:
+        for p in (self.last_pos_embed_learned, self.fake_latent, self.encoder_pos_embed_learned,
+                  self.mask_token, self.decoder_pos_embed_learned):
+            nn.init.normal_(p, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------------------ tokens / pos
+    def patchify(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, L, C·p²), row-major tokens, channel-major features (c·p² + dy·p + dx)."""
+        p = self.config.patch_size
+        B, C, h, w = latents.shape
+        x = latents.reshape(B, C, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(B, (h // p) * (w // p), C * p * p)
+
+    def unpatchify(self, tokens: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+        p, C = self.config.patch_size, self.config.latent_channels
+        x = tokens.reshape(tokens.shape[0], rows, cols, C, p, p).permute(0, 3, 1, 4, 2, 5)
+        return x.reshape(tokens.shape[0], C, rows * p, cols * p)
+
+    def interpolate_pos(self, table: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+        """Official DINOv2-style rule: bicubic with a *scale factor* (n + 0.1)/grid, not a size.
+        The tensor is laid out (cols, rows) as officially; this only matters for non-square grids."""
+        g, off = self.config.pos_grid, self.config.interpolate_offset
+        if rows * cols == g * g and rows == cols:
+            return table
+        t = table.reshape(1, g, g, -1).permute(0, 3, 1, 2).float()
+        t = F.interpolate(t, scale_factor=((cols + off) / g, (rows + off) / g), mode="bicubic")
+        assert t.shape[-2:] == (cols, rows), (t.shape, rows, cols)
+        return t.permute(0, 2, 3, 1).reshape(1, rows * cols, -1).to(table.dtype)
+
+    def positions(self, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tuple(self.interpolate_pos(t, rows, cols) for t in (
+            self.encoder_pos_embed_learned, self.decoder_pos_embed_learned, self.last_pos_embed_learned))
+
+    # -------------------------------------------------------------------------------------- text
+    def align_text(self, text_states: torch.Tensor) -> torch.Tensor:
+        """Raw text-encoder states (B, T, caption_channels) -> aligned (B, T, D)."""
+        x = self.text_emb.text_proj(text_states)
+        for block in self.text_emb.text_aligner:
+            x = self._run(block, x)
+        return self.text_emb.text_aligner_norm(x)
+
+    def null_text(self, batch: int, length: int) -> torch.Tensor:
+        """The learned null condition: `fake_latent` at every text position (bypasses the aligner)."""
+        return self.fake_latent.expand(batch, length, -1)
+
+    def text_kv(self, text: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [blk.text_kv(text) for blk in self.cross_attn_blocks]
+
+    # ------------------------------------------------------------------------------------ trunk
+    def _run(self, block: nn.Module, *args):
+        if self.config.grad_checkpointing and self.training:
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def _trunk(self, tokens, vis, text: TextContext, pos) -> torch.Tensor:
+        """Encoder (visible tokens only) → decoder (mask tokens elsewhere) → cross stack → z."""
+        B, L, _ = tokens.shape
+        enc_pos, dec_pos, last_pos = pos
+        x = self.z_proj_ln(self.z_proj(tokens) + enc_pos)
+        index = vis[..., None].expand(-1, -1, x.shape[-1])
+        x = x.gather(1, index)
+        for block in self.encoder_blocks:
+            x = self._run(block, x)
+        x = self.decoder_embed(self.encoder_norm(x))
+        full = self.mask_token.to(x.dtype).expand(B, L, -1).scatter(1, index, x)
+        x = full + dec_pos
+        for block in self.decoder_blocks:
+            x = self._run(block, x)
+        x = self.last_embed(self.decoder_norm(x)) + last_pos
+        kv = text.kv if text.kv is not None else self.text_kv(text.states)
+        for block, block_kv in zip(self.cross_attn_blocks, kv):
+            x = self._run(block, x, block_kv)
+        return self.cross_norm(x)
+
+    @staticmethod
+    def visible_index(mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) mask (1 = masked, equal count per sample) -> sorted visible positions (B, n_vis)."""
+        mask = mask.bool()
+        counts = (~mask).sum(1)
+        if (counts != counts[0]).any():
+            raise InputError("mask: every sample must have the same number of masked tokens")
+        return (~mask).nonzero()[:, 1].view(mask.shape[0], -1)
+
+    def forward_features(self, tokens, mask, text_states, height: int, width: int) -> torch.Tensor:
+        """Per-token conditions z (B, L, D) for patchified tokens (B, L, token_dim), mask (B, L) with
+        1 = masked, raw text states (B, T, caption_channels), image size in pixels. No text drop."""
+        rows, cols = self.config.grid(height, width)
+        text = TextContext(self.align_text(text_states))
+        return self._trunk(tokens, self.visible_index(mask), text, self.positions(rows, cols))
+
+    # --------------------------------------------------------------------------------- training
+    def sample_orders(self, batch: int, length: int, device=None, generator=None) -> torch.Tensor:
+        """One random permutation of token positions per sample."""
+        return torch.rand(batch, length, device=device, generator=generator).argsort(dim=1)
+
+    def sample_mask_count(self, length: int, device=None, generator=None) -> int:
+        """One masking rate per batch ~ truncated normal on [mask_ratio_min, 1], mode 1, sd 0.25."""
+        lo = torch.special.ndtr(torch.tensor((self.config.mask_ratio_min - 1.0) / 0.25, dtype=torch.float64))
+        u = torch.rand((), dtype=torch.float64, device=device, generator=generator).cpu()
+        rate = 1.0 + 0.25 * torch.special.ndtri(lo + u * (0.5 - lo))
+        return int(math.ceil(length * float(rate)))
+
+    def forward(self, latents: torch.Tensor, text_states: torch.Tensor, *, orders: torch.Tensor | None = None,
+                num_masked: int | None = None, drop_text: torch.Tensor | None = None,
+                t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                reduction: str = "mean") -> torch.Tensor:
+        """Masked DiffLoss on normalised latents (B, C, h, w). Randomness (orders, mask count, text
+        drop, timesteps, noise) is drawn here unless given, so DPO can share it across a pair.
+        `t`/`noise` cover the masked rows × diffusion_batch_mul (copy-major). `reduction`: "mean" over
+        all masked rows, or "none" for one value per sample (B,)."""
+        c = self.config
+        x = self.patchify(latents)
+        B, L, _ = x.shape
+        rows, cols = latents.shape[-2] // c.patch_size, latents.shape[-1] // c.patch_size
+        orders = self.sample_orders(B, L, x.device) if orders is None else orders
+        n_mask = self.sample_mask_count(L, x.device) if num_masked is None else num_masked
+        masked, vis = orders[:, :n_mask].sort(1).values, orders[:, n_mask:].sort(1).values
+        text = self.align_text(text_states)
+        if drop_text is None:
+            drop_text = torch.rand(B, device=x.device) < c.text_drop_prob if self.training else \
+                torch.zeros(B, dtype=torch.bool, device=x.device)
+        text = torch.where(drop_text[:, None, None], self.null_text(B, text.shape[1]).to(text.dtype), text)
+        z = self._trunk(x, vis, TextContext(text), self.positions(rows, cols))
+        pick = lambda a: a.gather(1, masked[..., None].expand(-1, -1, a.shape[-1]))  # noqa: E731
+        mul = c.diffusion_batch_mul
+        z_rows = pick(z).reshape(B * n_mask, -1).repeat(mul, 1)
+        target = pick(x).reshape(B * n_mask, -1).repeat(mul, 1)
+        loss = self.diffloss(target, z_rows, t, noise)
+        if reduction == "mean":
+            return loss.mean()
+        if reduction == "none":
+            return loss.view(mul, B, n_mask).mean(dim=(0, 2))
+        raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
+
+    # --------------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample_tokens(self, text_states: torch.Tensor | None, generators: list[torch.Generator], *,
+                      num_iter: int = 64, cfg: float = 4.0, cfg_schedule: str = "constant",
+                      temperature: float = 1.0, height: int | None = None, width: int | None = None,
+                      init_tokens: torch.Tensor | None = None, inpaint_mask: torch.Tensor | None = None,
+                      cache: bool = True) -> torch.Tensor:
+        """MAR iterative decoding with a cosine mask schedule; returns tokens (B, L, token_dim).
+
+        Every random draw of image i comes from `generators[i]`, so an image depends only on its own
+        (text, seed), not on the rest of the batch. `text_states=None` samples unconditionally.
+        Inpainting: `init_tokens` (B, L, C) are kept wherever `inpaint_mask` (L,) is False; only the
+        masked positions are generated. `cache=False` is the unoptimised reference path (text branch
+        and cross K/V recomputed at every step), kept to measure and test the cached path against.
+        """
+        c = self.config
+        if num_iter < 1:
+            raise InputError(f"num_inference_steps: expected >= 1, got {num_iter}")
+        if cfg < 0:
+            raise InputError(f"guidance_scale: expected >= 0, got {cfg}")
+        if cfg_schedule not in ("constant", "linear"):
+            raise InputError(f"cfg_schedule: expected 'constant' or 'linear', got {cfg_schedule!r}")
+        height, width = height or c.resolution, width or c.resolution
+        rows, cols = c.grid(height, width)
+        B, L, device = len(generators), rows * cols, self.fake_latent.device
+        guided = cfg != 1.0
+
+        # orders: the positions to fill, in random order per image, then the known ones
+        fill = torch.ones(L, dtype=torch.bool) if inpaint_mask is None else inpaint_mask.bool().cpu().flatten()
+        if fill.numel() != L:
+            raise InputError(f"inpaint mask: expected {L} tokens ({rows}×{cols}), got {fill.numel()}")
+        fill_pos, known_pos = fill.nonzero()[:, 0], (~fill).nonzero()[:, 0]
+        n_fill = len(fill_pos)
+        orders = torch.stack([torch.cat([fill_pos[torch.randperm(n_fill, generator=g, device=g.device).cpu()],
+                                         known_pos]) for g in generators]).to(device)
+        tokens = torch.zeros(B, L, c.token_dim, device=device) if init_tokens is None else init_tokens.clone()
+
+        def text_context() -> TextContext:
+            T = c.max_length if text_states is None else text_states.shape[1]
+            cond = self.null_text(B, T) if text_states is None else self.align_text(text_states)
+            states = torch.cat([cond, self.null_text(B, T)]) if guided else cond
+            return TextContext(states, self.text_kv(states))
+
+        pos = self.positions(rows, cols)
+        text = text_context() if cache else None
+        n_masked = n_fill
+        for step in range(num_iter):
+            if not cache:
+                text, pos = text_context(), self.positions(rows, cols)
+            if step == num_iter - 1:
+                n_next = 0
+            else:
+                n_next = max(1, min(n_masked - 1, int(math.floor(n_fill * math.cos(math.pi / 2 * (step + 1) / num_iter)))))
+            if n_masked == n_next:
+                continue  # more steps than tokens: nothing to predict this step
+            vis = orders[:, n_masked:].sort(1).values
+            pred = orders[:, n_next:n_masked].sort(1).values
+            toks, vis2, pred2 = (torch.cat([a, a]) if guided else a for a in (tokens, vis, pred))
+            z = self._trunk(toks, vis2, text, pos)
+            z = z.gather(1, pred2[..., None].expand(-1, -1, z.shape[-1])).flatten(0, 1)
+            k = n_masked - n_next
+            scale = cfg if cfg_schedule == "constant" else 1 + (cfg - 1) * (L - n_next) / L
+            randn = lambda n: torch.cat([torch.randn(k, c.token_dim, generator=g, device=g.device)  # noqa: E731
+                                         for g in generators]).to(device)
+            sampled = self.diffloss.sample(z, randn, scale if guided else None, temperature)
+            tokens = tokens.scatter(1, pred[..., None].expand(-1, -1, c.token_dim), sampled.view(B, k, -1))
+            n_masked = n_next
+        return tokens

@@ -1,0 +1,201 @@
+"""`LightGenPipeline`: prompts -> PIL images, diffusers-style `from_pretrained` / `save_pretrained`.
+
+Directory layout: `config.json` (model config + which weights to sample with), `model.safetensors`
+(raw weights), `model_ema.safetensors` (EMA, optional), `text_encoder/` when the text encoder is our
+tiny random one (real encoders are referenced by hub id / path in the config).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lightgen.checkpoint import (atomic_write, check_state_dict, load_into, load_official_pth, load_weights,
+                                 save_weights)
+from lightgen.codecs import LatentCodec, build_codec
+from lightgen.config import LightGenConfig
+from lightgen.errors import InputError
+from lightgen.mar import LightGen
+from lightgen.text import TextEncoder
+
+WEIGHT_NAMES = ("model", "model_ema")
+
+
+def build_text_encoder(config: LightGenConfig, path: str | Path | None = None, seed: int = 0) -> TextEncoder:
+    if path is not None:
+        return TextEncoder.from_pretrained(path, config.max_length)
+    if config.text_encoder == "tiny-t5":
+        return TextEncoder.tiny(config.t5_config or {}, config.max_length, config.text_vocab, seed)
+    return TextEncoder.from_pretrained(config.text_encoder, config.max_length)
+
+
+def image_to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
+    """PIL RGB -> (B, 3, H, W) float in [−1, 1]."""
+    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+def tensor_to_images(x: torch.Tensor) -> list[Image.Image]:
+    """[−1, 1] -> uint8 PIL, as the official post-processing: round((x/2 + 0.5).clamp(0, 1)·255)."""
+    arr = ((x.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+def per_image_seeds(n: int, seed: int | Sequence[int] | None, generator) -> list[int]:
+    """One seed per image: an int seed s gives s, s+1, …; a list is used as is; a generator (or the
+    global RNG) draws them."""
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != n:
+            raise InputError(f"seed: expected {n} per-image seeds, got {len(seed)}")
+        return [int(s) for s in seed]
+    if seed is not None:
+        return [int(seed) + i for i in range(n)]
+    return torch.randint(0, 2 ** 62, (n,), generator=generator).tolist()
+
+
+def _write_config(path: Path, config: LightGenConfig, default_weights: str, **extra) -> None:
+    meta = {"lightgen": config.to_dict(), "default_weights": default_weights, **extra}
+    atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
+
+
+def convert_official(ckpt: str | Path, out_dir: str | Path, preset: str = "lightgen-0.7b") -> Path:
+    """Official `checkpoint-*.pth` -> pipeline directory. Both `model` and `model_ema` are kept; the
+    directory samples with `model` (raw), as every official script does."""
+    config = LightGenConfig.from_preset(preset)
+    official = load_official_pth(ckpt)
+    with torch.device("meta"):
+        reference = LightGen(config)
+    out = Path(out_dir)
+    names = [n for n in WEIGHT_NAMES if isinstance(official.get(n), dict)]
+    for name in names:
+        check_state_dict(reference, official[name], f"{ckpt}['{name}']")
+    for name in names:
+        save_weights(official[name], out / f"{name}.safetensors")
+    args = official.get("args")
+    _write_config(out, config, "model", source=str(ckpt), epoch=official.get("epoch"),
+                  official_args=vars(args) if args is not None else None)
+    return out
+
+
+class LightGenPipeline:
+    def __init__(self, model: LightGen, text_encoder: TextEncoder, codec: LatentCodec,
+                 weights: dict[str, dict[str, torch.Tensor]] | None = None, default_weights: str = "model_ema"):
+        """`weights` holds the raw and EMA state dicts (kept for `save_pretrained`); the model samples
+        with `weights[default_weights]` when present, else with its current parameters."""
+        self.model, self.text_encoder, self.codec = model.eval(), text_encoder, codec
+        self.config = model.config
+        self.weights = weights or {"model": model.state_dict()}
+        self.default_weights = default_weights if default_weights in self.weights else "model"
+        load_into(self.model, self.weights[self.default_weights], self.default_weights)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.fake_latent.device
+
+    def to(self, device) -> "LightGenPipeline":
+        for m in (self.model, self.text_encoder, self.codec):
+            m.to(device)
+        return self
+
+    # ---------------------------------------------------------------------------------- storage
+    @classmethod
+    def from_pretrained(cls, path: str | Path, weights: str | None = None, device: str | None = None,
+                        text_encoder: TextEncoder | None = None, codec: LatentCodec | None = None,
+                        ) -> "LightGenPipeline":
+        """Load a pipeline directory; `weights` = "model" | "model_ema" (default: the directory's choice)."""
+        path = Path(path)
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise InputError(f"{path}: not a LightGen pipeline directory (no config.json)")
+        try:
+            meta = json.loads(cfg_file.read_text())
+            config = LightGenConfig.from_dict(meta["lightgen"], source=str(cfg_file))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise InputError(f"{cfg_file}: expected a JSON object with a 'lightgen' config ({e})") from e
+        chosen = weights or meta.get("default_weights", "model_ema")
+        files = {n: path / f"{n}.safetensors" for n in WEIGHT_NAMES if (path / f"{n}.safetensors").is_file()}
+        if chosen not in files:
+            raise InputError(f"{path}: weights {chosen!r} requested but {chosen}.safetensors is missing "
+                             f"(found {sorted(files)})")
+        if text_encoder is None:
+            local = path / "text_encoder"
+            text_encoder = build_text_encoder(config, local if local.is_dir() else None)
+        codec = codec or build_codec(config, path / "vae" if (path / "vae").is_dir() else None)
+        model = LightGen(config)
+        pipe = cls(model, text_encoder, codec, {n: load_weights(f) for n, f in files.items()}, chosen)
+        return pipe.to(device) if device else pipe
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.weights[self.default_weights] = self.model.state_dict()
+        for name, state in self.weights.items():
+            save_weights(state, path / f"{name}.safetensors")
+        if self.config.text_encoder == "tiny-t5":
+            self.text_encoder.save_pretrained(path / "text_encoder")
+        _write_config(path, self.config, self.default_weights)
+
+    # --------------------------------------------------------------------------------- sampling
+    def _check(self, prompts, num_inference_steps: int, guidance_scale: float) -> list[str]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts:
+            raise InputError("prompts: expected at least one prompt, got an empty list")
+        if num_inference_steps < 1:
+            raise InputError(f"num_inference_steps: expected >= 1, got {num_inference_steps}")
+        if guidance_scale < 0:
+            raise InputError(f"guidance_scale: expected >= 0, got {guidance_scale}")
+        return list(prompts)
+
+    @torch.no_grad()
+    def __call__(self, prompts: str | Sequence[str], num_images_per_prompt: int = 1, num_inference_steps: int = 64,
+                 guidance_scale: float = 4.0, cfg_schedule: str = "constant", temperature: float = 1.0,
+                 height: int | None = None, width: int | None = None, seed: int | Sequence[int] | None = None,
+                 generator: torch.Generator | None = None, batch_size: int = 32,
+                 output_type: str = "pil") -> list[Image.Image] | torch.Tensor:
+        """Images in prompt-major order (prompt 0's images first). Each image has its own seed, so it
+        does not depend on `batch_size` or on the other prompts. `output_type="latent"` returns tokens."""
+        prompts = self._check(prompts, num_inference_steps, guidance_scale)
+        height, width = height or self.config.resolution, width or self.config.resolution
+        rows, cols = self.config.grid(height, width)
+        flat = [p for p in prompts for _ in range(num_images_per_prompt)]
+        seeds = per_image_seeds(len(flat), seed, generator)
+        outs = []
+        for i in range(0, len(flat), batch_size):
+            chunk, chunk_seeds = flat[i:i + batch_size], seeds[i:i + batch_size]
+            gens = [torch.Generator(self.device).manual_seed(s) for s in chunk_seeds]
+            tokens = self.model.sample_tokens(self.text_encoder(chunk).to(self.device), gens,
+                                              num_iter=num_inference_steps, cfg=guidance_scale,
+                                              cfg_schedule=cfg_schedule, temperature=temperature,
+                                              height=height, width=width)
+            outs.append(tokens)
+        tokens = torch.cat(outs)
+        if output_type == "latent":
+            return tokens
+        return tensor_to_images(self.codec.decode(self.model.unpatchify(tokens, rows, cols)))
+
+    @torch.no_grad()
+    def inpaint(self, image: Image.Image, mask_image: Image.Image, prompt: str, num_images: int = 1,
+                seed: int | Sequence[int] | None = None, **kwargs) -> list[Image.Image]:
+        """Zero-shot inpainting: regenerate the tokens under the white part of `mask_image`, keep the rest."""
+        self._check([prompt], kwargs.get("num_inference_steps", 64), kwargs.get("guidance_scale", 4.0))
+        width, height = image.size
+        rows, cols = self.config.grid(height, width)
+        if mask_image.size != image.size:
+            raise InputError(f"mask_image: expected size {image.size}, got {mask_image.size}")
+        latents = self.codec.latents(self.codec.moments(image_to_tensor([image]).to(self.device)), sample=False)
+        init = self.model.patchify(latents).expand(num_images, -1, -1)
+        p = self.config.pixels_per_token
+        m = torch.from_numpy(np.asarray(mask_image.convert("L"), dtype=np.float32) > 127)
+        fill = m.reshape(rows, p, cols, p).any(dim=3).any(dim=1).flatten()  # any masked pixel -> token
+        gens = [torch.Generator(self.device).manual_seed(s) for s in per_image_seeds(num_images, seed, None)]
+        steps = kwargs.pop("num_inference_steps", 64)
+        cfg = kwargs.pop("guidance_scale", 4.0)
+        tokens = self.model.sample_tokens(self.text_encoder([prompt] * num_images).to(self.device), gens,
+                                          num_iter=steps, cfg=cfg, height=height, width=width, init_tokens=init,
+                                          inpaint_mask=fill, **kwargs)
+        return tensor_to_images(self.codec.decode(self.model.unpatchify(tokens, rows, cols)))
