@@ -14,6 +14,23 @@ from lightgen.config import LightGenConfig
 from lightgen.errors import InputError
 
 
+def normalize_moments(moments: torch.Tensor, scaling_factor: float, shift_factor: float, sample: bool = True,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Posterior sample (or mean) of moments (mean ‖ logvar, logvar clamped to [−30, 20] as
+    officially), then (z − shift)·scale."""
+    mean, logvar = moments.float().chunk(2, dim=1)
+    z = mean
+    if sample:
+        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+        z = mean + std * torch.randn(mean.shape, generator=generator, device=mean.device)
+    return (z - shift_factor) * scaling_factor
+
+
+def config_latents(moments: torch.Tensor, config: LightGenConfig) -> torch.Tensor:
+    """Cached moments -> normalised training latents (a posterior sample, except for the pixel codec)."""
+    return normalize_moments(moments, config.scaling_factor, config.shift_factor, sample=config.codec != "pixel")
+
+
 class LatentCodec(nn.Module):
     stride: int
     channels: int
@@ -31,12 +48,7 @@ class LatentCodec(nn.Module):
     def latents(self, moments: torch.Tensor, generator: torch.Generator | None = None,
                 sample: bool = True) -> torch.Tensor:
         """Posterior sample (or mean) of cached moments, normalised as the official training does."""
-        mean, logvar = moments.float().chunk(2, dim=1)
-        z = mean
-        if sample:
-            std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-            z = mean + std * torch.randn(mean.shape, generator=generator, device=mean.device)
-        return (z - self.shift_factor) * self.scaling_factor
+        return normalize_moments(moments, self.scaling_factor, self.shift_factor, sample, generator)
 
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.latents(self.moments(images), generator)

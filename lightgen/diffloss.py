@@ -173,8 +173,9 @@ class GaussianDiffusion:
         mean, _ = self._posterior(x0, xt, t)
         return mean, log_var
 
-    def training_losses(self, net: nn.Module, x0, c, t=None, noise=None) -> torch.Tensor:
-        """Per-row loss (N,): mean_C (ε − ε̂)² + VB (bits; ε detached inside it, as improved-DDPM)."""
+    def training_losses(self, net: nn.Module, x0, c, t=None, noise=None, vb: bool = True) -> torch.Tensor:
+        """Per-row loss (N,): mean_C (ε − ε̂)² + VB (bits; ε detached inside it, as improved-DDPM).
+        `vb=False` gives the plain ε-MSE (what Diffusion-DPO compares)."""
         if t is None:
             t = torch.randint(0, self.num_steps, (x0.shape[0],), device=x0.device)
         if noise is None:
@@ -182,6 +183,8 @@ class GaussianDiffusion:
         xt = self.q_sample(x0, t, noise)
         eps, v = net(xt, self.timestep_map.to(t.device)[t], c).chunk(2, dim=-1)
         mse = (noise - eps).pow(2).mean(-1)
+        if not vb:
+            return mse
         true_mean, true_lv = self._posterior(x0, xt, t)
         mean, lv = self.p_mean_logvar(eps.detach(), v, xt, t)
         kl = _normal_kl(true_mean, true_lv, mean, lv).mean(-1) / math.log(2.0)
@@ -222,9 +225,9 @@ class DiffLoss(nn.Module):
         self.train_diffusion = GaussianDiffusion(list(range(1000)))
         self.sample_diffusion = GaussianDiffusion(_spaced_steps(1000, num_sampling_steps))
 
-    def forward(self, target, z, t=None, noise=None) -> torch.Tensor:
+    def forward(self, target, z, t=None, noise=None, vb: bool = True) -> torch.Tensor:
         """Per-row loss (N,); the caller applies the token mask."""
-        return self.train_diffusion.training_losses(self.net, target, z, t, noise)
+        return self.train_diffusion.training_losses(self.net, target, z, t, noise, vb)
 
     def sample(self, z, randn: Randn, cfg: float | None = None, temperature: float = 1.0) -> torch.Tensor:
         return self.sample_diffusion.sample(self.net, z, randn, cfg, temperature)

@@ -262,11 +262,11 @@ class LightGen(nn.Module):
     def forward(self, latents: torch.Tensor, text_states: torch.Tensor, *, orders: torch.Tensor | None = None,
                 num_masked: int | None = None, drop_text: torch.Tensor | None = None,
                 t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                reduction: str = "mean") -> torch.Tensor:
+                reduction: str = "mean", vb: bool = True) -> torch.Tensor:
         """Masked DiffLoss on normalised latents (B, C, h, w). Randomness (orders, mask count, text
         drop, timesteps, noise) is drawn here unless given, so DPO can share it across a pair.
         `t`/`noise` cover the masked rows × diffusion_batch_mul (copy-major). `reduction`: "mean" over
-        all masked rows, or "none" for one value per sample (B,)."""
+        all masked rows, or "none" for one value per sample (B,). `vb=False`: ε-MSE only."""
         c = self.config
         x = self.patchify(latents)
         B, L, _ = x.shape
@@ -284,7 +284,7 @@ class LightGen(nn.Module):
         mul = c.diffusion_batch_mul
         z_rows = pick(z).reshape(B * n_mask, -1).repeat(mul, 1)
         target = pick(x).reshape(B * n_mask, -1).repeat(mul, 1)
-        loss = self.diffloss(target, z_rows, t, noise)
+        loss = self.diffloss(target, z_rows, t, noise, vb)
         if reduction == "mean":
             return loss.mean()
         if reduction == "none":

@@ -7,6 +7,7 @@ tiny random one (real encoders are referenced by hub id / path in the config).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -57,9 +58,23 @@ def per_image_seeds(n: int, seed: int | Sequence[int] | None, generator) -> list
     return torch.randint(0, 2 ** 62, (n,), generator=generator).tolist()
 
 
-def _write_config(path: Path, config: LightGenConfig, default_weights: str, **extra) -> None:
+def write_pipeline(path: str | Path, config: LightGenConfig, weights: dict[str, dict[str, torch.Tensor]],
+                   default_weights: str, text_encoder: TextEncoder | str | Path | None = None, **extra) -> Path:
+    """Write a pipeline directory from state dicts; `text_encoder` (object or saved directory) is stored
+    in `text_encoder/` when the config's encoder is our tiny one. config.json goes last: a directory
+    without it is not a pipeline, so an interrupted write is never mistaken for a finished one."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for name, state in weights.items():
+        save_weights(state, path / f"{name}.safetensors")
+    if config.text_encoder == "tiny-t5" and text_encoder is not None:
+        if isinstance(text_encoder, TextEncoder):
+            text_encoder.save_pretrained(path / "text_encoder")
+        elif Path(text_encoder).resolve() != (path / "text_encoder").resolve():
+            shutil.copytree(text_encoder, path / "text_encoder", dirs_exist_ok=True)
     meta = {"lightgen": config.to_dict(), "default_weights": default_weights, **extra}
     atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
+    return path
 
 
 def convert_official(ckpt: str | Path, out_dir: str | Path, preset: str = "lightgen-0.7b") -> Path:
@@ -69,16 +84,12 @@ def convert_official(ckpt: str | Path, out_dir: str | Path, preset: str = "light
     official = load_official_pth(ckpt)
     with torch.device("meta"):
         reference = LightGen(config)
-    out = Path(out_dir)
     names = [n for n in WEIGHT_NAMES if isinstance(official.get(n), dict)]
     for name in names:
         check_state_dict(reference, official[name], f"{ckpt}['{name}']")
-    for name in names:
-        save_weights(official[name], out / f"{name}.safetensors")
     args = official.get("args")
-    _write_config(out, config, "model", source=str(ckpt), epoch=official.get("epoch"),
-                  official_args=vars(args) if args is not None else None)
-    return out
+    return write_pipeline(out_dir, config, {n: official[n] for n in names}, "model", source=str(ckpt),
+                          epoch=official.get("epoch"), official_args=vars(args) if args is not None else None)
 
 
 class LightGenPipeline:
@@ -130,14 +141,8 @@ class LightGenPipeline:
         return pipe.to(device) if device else pipe
 
     def save_pretrained(self, path: str | Path) -> None:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         self.weights[self.default_weights] = self.model.state_dict()
-        for name, state in self.weights.items():
-            save_weights(state, path / f"{name}.safetensors")
-        if self.config.text_encoder == "tiny-t5":
-            self.text_encoder.save_pretrained(path / "text_encoder")
-        _write_config(path, self.config, self.default_weights)
+        write_pipeline(path, self.config, self.weights, self.default_weights, self.text_encoder)
 
     # --------------------------------------------------------------------------------- sampling
     def _check(self, prompts, num_inference_steps: int, guidance_scale: float) -> list[str]:

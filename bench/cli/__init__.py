@@ -31,3 +31,4 @@ def main() -> None:
 
 # Command modules register themselves on `main` when imported.
 from bench.cli import model  # noqa: E402,F401
+from bench.cli import train  # noqa: E402,F401

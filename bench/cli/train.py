@@ -1,0 +1,146 @@
+"""Training commands: feature cache, KD pretraining, DPO pairs and Diffusion-DPO."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import yaml
+
+from bench.cli import main
+from lightgen.errors import InputError
+
+
+def parse_overrides(pairs: tuple[str, ...]) -> dict:
+    """`--set key=value` (value parsed as YAML, so numbers, lists and booleans work)."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise InputError(f"--set {pair!r}: expected key=value")
+        key, value = pair.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def load_train_config(path: str, overrides: tuple[str, ...] = ()):
+    """A TrainConfig from YAML; `model.text_vocab: testbed` means the testbed grammar's vocabulary."""
+    from lightgen.train import TrainConfig
+
+    cfg = TrainConfig.from_yaml(path, parse_overrides(overrides))
+    if cfg.model.get("text_vocab") == "testbed":
+        from bench.testbed.captions import vocabulary
+        cfg.model = {**cfg.model, "text_vocab": vocabulary()}
+    return cfg
+
+
+_SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
+
+
+@main.command(epilog="""\b
+Example:
+  lightgen-bench cache data/testbed-5k --out data/testbed-5k.cache --config eval_configs/train/testbed_kd.yaml
+""")
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "--output", "out", required=True, type=click.Path(file_okay=False))
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Training config whose preset/model the cache is for.")
+@_SET
+@click.option("--device", default="cpu", show_default=True)
+def cache(data, out, config_path, overrides, device):
+    """Precompute codec moments (+ flipped copy) and text states of a text-to-image dataset."""
+    from lightgen.cache import build_cache
+    from lightgen.codecs import build_codec
+    from lightgen.distill import T2IFolder
+    from lightgen.pipeline import build_text_encoder
+
+    cfg = load_train_config(config_path, overrides)
+    config = cfg.model_config()
+    resolution = cfg.resolution or config.resolution
+    path = build_cache(T2IFolder(data), out, config, build_codec(config).to(device),
+                       build_text_encoder(config).to(device), resolution, source=str(data))
+    click.echo(f"cache ready: {path}")
+
+
+def _train(config_path, overrides, resume):
+    from lightgen.train import train
+
+    cfg = load_train_config(config_path, overrides)
+    final = train(cfg, resume=None if resume == "none" else resume)
+    click.echo(f"pipeline written to {final}")
+
+
+_RESUME = click.option("--resume", default="auto", show_default=True,
+                       help="'auto' (latest good checkpoint in OUT/checkpoints), a checkpoint directory, or 'none'.")
+
+
+@main.command("train", epilog="""\b
+Examples:
+  lightgen-bench train --config eval_configs/train/testbed_kd.yaml
+  lightgen-bench train --config eval_configs/train/testbed_kd.yaml --set steps=200 --set out=runs/short
+  accelerate launch --num_processes 2 -m bench.cli train --config eval_configs/train/testbed_kd.yaml
+""")
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@_SET
+@_RESUME
+def train_cmd(config_path, overrides, resume):
+    """Knowledge-distillation pretraining on a feature cache (resumable)."""
+    _train(config_path, overrides, resume)
+
+
+@main.command("dpo", epilog="""\b
+Example:
+  lightgen-bench dpo --config eval_configs/train/testbed_dpo.yaml
+""")
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@_SET
+@_RESUME
+def dpo_cmd(config_path, overrides, resume):
+    """Diffusion-DPO from a pipeline (the frozen reference) on winner/loser caches (resumable)."""
+    if load_train_config(config_path, overrides).objective != "dpo":
+        raise InputError(f"{config_path}: objective: expected 'dpo' for `lightgen-bench dpo`")
+    _train(config_path, overrides, resume)
+
+
+@main.command("dpo-pairs", epilog="""\b
+Examples:
+  lightgen-bench dpo-pairs --ckpt runs/kd/pipeline --teacher testbed --captions captions.txt --out data/pairs
+  lightgen-bench dpo-pairs --ckpt pipelines/lightgen-0.7b --reference data/laion-aesthetic --out data/pairs
+""")
+@click.option("--ckpt", required=True, type=click.Path(exists=True, file_okay=False), help="Current model.")
+@click.option("--teacher", default=None, help="'testbed' or a diffusers id/path: renders the winners.")
+@click.option("--captions", type=click.Path(exists=True, dir_okay=False), help="One caption per line (with --teacher).")
+@click.option("--reference", type=click.Path(exists=True, file_okay=False),
+              help="A text-to-image dataset whose images are the winners (official builder).")
+@click.option("--out", "--output", "out", required=True, type=click.Path(file_okay=False))
+@click.option("--n", type=int, default=None, help="Number of pairs (default: all captions).")
+@click.option("--steps", default=64, show_default=True)
+@click.option("--cfg", default=4.0, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def dpo_pairs(ckpt, teacher, captions, reference, out, n, steps, cfg, seed, device):
+    """Preference pairs: winner = reference/teacher image, loser = the model's own sample."""
+    from lightgen.dpo import build_pairs
+
+    if (teacher is None) == (reference is None):
+        raise InputError("dpo-pairs: give exactly one of --teacher (with --captions) or --reference")
+    if teacher and not captions:
+        raise InputError("dpo-pairs: --teacher needs --captions")
+    winners = reference or _teacher(teacher, captions)
+    caption_list = None if reference else _read_captions(captions)
+    path = build_pairs(ckpt, out, winners=winners, captions=caption_list, n=n, seed=seed, steps=steps, cfg=cfg,
+                       device=device)
+    click.echo(f"pairs written to {path} (winner/ and loser/)")
+
+
+def _read_captions(path: str) -> list[str]:
+    lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    if not lines:
+        raise InputError(f"{path}: no captions")
+    return lines
+
+
+def _teacher(name: str, captions: str):
+    if name == "testbed":
+        from bench.testbed.teacher import TestbedTeacher
+        return TestbedTeacher()
+    from lightgen.distill import DiffusersTeacher
+    return DiffusersTeacher(name)

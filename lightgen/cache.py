@@ -1,0 +1,162 @@
+"""Feature cache (official `main_cache.py`): codec posterior moments of every image *and of its
+horizontal flip*, plus the frozen text encoder's states, so training never runs the VAE or T5.
+
+Layout: `meta.json` (what produced it; validated before use) + `shard-XXXXX.safetensors`, each with
+`moments` / `moments_flip` (n, 2C, h, w) float16, `text` (u, T, C) float32 for the shard's *unique*
+captions and `text_index` (n,) into it (synthetic data repeats captions a lot). Rows are read lazily
+through safetensors' memory map, so a cache may be larger than RAM.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+from lightgen.checkpoint import atomic_write, save_weights
+from lightgen.codecs import LatentCodec
+from lightgen.config import LightGenConfig
+from lightgen.errors import InputError
+from lightgen.pipeline import image_to_tensor
+from lightgen.text import TextEncoder
+
+CACHE_FIELDS = ("codec", "codec_path", "latent_channels", "vae_stride", "text_encoder", "caption_channels",
+                "max_length", "t5_config", "text_vocab")
+
+
+def cache_signature(config: LightGenConfig, resolution: int) -> dict:
+    """What must agree between a cache and the model trained on it."""
+    return {**{f: getattr(config, f) for f in CACHE_FIELDS}, "resolution": resolution}
+
+
+def build_cache(records: Sequence[tuple["PIL.Image.Image", str]], out: str | Path,  # noqa: F821
+                config: LightGenConfig, codec: LatentCodec, text_encoder: TextEncoder, resolution: int,
+                source: str = "", shard_size: int = 4096, batch_size: int = 64) -> Path:
+    """Encode (image, caption) records (e.g. a `T2IFolder`) into a cache. Resumable: finished shards are kept; a cache
+    whose signature matches and that is complete is reused as is."""
+    out = Path(out)
+    n = len(records)
+    if n == 0:
+        raise InputError(f"{source or 'dataset'}: empty, nothing to cache")
+    signature = cache_signature(config, resolution)
+    meta_file = out / "meta.json"
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        if meta.get("signature") == signature and meta.get("count") == n and meta.get("complete"):
+            return out
+    out.mkdir(parents=True, exist_ok=True)
+    shards = []
+    bar = tqdm(total=n, desc="cache", unit="img")
+    for s, start in enumerate(range(0, n, shard_size)):
+        name = f"shard-{s:05d}.safetensors"
+        shards.append(name)
+        stop = min(start + shard_size, n)
+        if (out / name).is_file() and _rows(out / name) == stop - start:
+            bar.update(stop - start)
+            continue
+        moments, flips, captions = [], [], []
+        for b in range(start, stop, batch_size):
+            batch = [records[i] for i in range(b, min(b + batch_size, stop))]
+            images, caps = zip(*batch)
+            for im in images:
+                if im.size != (resolution, resolution):
+                    raise InputError(f"{source}: image of size {im.size}, expected {resolution}×{resolution}")
+            x = image_to_tensor(images).to(_device(codec, text_encoder))
+            moments.append(codec.moments(x).half().cpu())
+            flips.append(codec.moments(x.flip(-1)).half().cpu())
+            captions += caps
+            bar.update(len(batch))
+        unique = sorted(set(captions))
+        text = torch.cat([text_encoder(unique[i:i + batch_size]).cpu() for i in range(0, len(unique), batch_size)])
+        where = {c: i for i, c in enumerate(unique)}
+        save_weights({"moments": torch.cat(moments), "moments_flip": torch.cat(flips), "text": text,
+                      "text_index": torch.tensor([where[c] for c in captions])}, out / name)
+    bar.close()
+    if config.text_encoder == "tiny-t5":
+        tmp = out / "text_encoder.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        text_encoder.save_pretrained(tmp)
+        shutil.rmtree(out / "text_encoder", ignore_errors=True)
+        tmp.rename(out / "text_encoder")
+    meta = {"signature": signature, "count": n, "shards": shards, "source": source, "complete": True}
+    atomic_write(meta_file, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    return out
+
+
+def _device(*modules) -> torch.device:
+    for m in modules:
+        for p in m.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+def _rows(path: Path) -> int:
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.get_slice("text_index").get_shape()[0]
+    except Exception:  # a truncated shard from a killed run: redo it
+        return -1
+
+
+@dataclass
+class CachedSample:
+    moments: torch.Tensor
+    moments_flip: torch.Tensor
+    text: torch.Tensor
+
+
+class FeatureCache(torch.utils.data.Dataset):
+    """Validated, lazily read cache. `sample(i)` -> moments, flipped moments and text states."""
+
+    def __init__(self, path: str | Path, config: LightGenConfig | None = None, resolution: int | None = None):
+        self.path = Path(path)
+        meta_file = self.path / "meta.json"
+        if not meta_file.is_file():
+            raise InputError(f"{self.path}: not a feature cache (no meta.json); build one with `lightgen-bench cache`")
+        self.meta = json.loads(meta_file.read_text())
+        if not self.meta.get("complete"):
+            raise InputError(f"{self.path}: cache is incomplete; rerun `lightgen-bench cache` to finish it")
+        if config is not None:
+            expected = cache_signature(config, resolution or config.resolution)
+            diff = {k: (self.meta["signature"].get(k), v) for k, v in expected.items()
+                    if self.meta["signature"].get(k) != v}
+            if diff:
+                raise InputError(f"{meta_file}: cache was built for another model/resolution: "
+                                 + "; ".join(f"{k}: cache {a!r} vs config {b!r}" for k, (a, b) in diff.items()))
+        self.files = [self.path / s for s in self.meta["shards"]]
+        self.offsets = [0]
+        for f in self.files:
+            rows = _rows(f)
+            if rows < 0:
+                raise InputError(f"{f}: missing or unreadable cache shard")
+            self.offsets.append(self.offsets[-1] + rows)
+        if self.offsets[-1] != self.meta["count"]:
+            raise InputError(f"{self.path}: shards hold {self.offsets[-1]} rows, meta.json says {self.meta['count']}")
+        self._handles: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def _locate(self, i: int):
+        s = next(k for k in range(len(self.files)) if i < self.offsets[k + 1])
+        if s not in self._handles:
+            self._handles[s] = safe_open(str(self.files[s]), "pt")
+        return self._handles[s], i - self.offsets[s]
+
+    def __getitem__(self, i: int) -> CachedSample:
+        f, r = self._locate(i)
+        t = int(f.get_slice("text_index")[r:r + 1][0])
+        return CachedSample(f.get_slice("moments")[r:r + 1][0].float(), f.get_slice("moments_flip")[r:r + 1][0].float(),
+                            f.get_slice("text")[t:t + 1][0])
+
+    def __getstate__(self):  # safe_open handles do not pickle (DataLoader workers reopen them)
+        return {**self.__dict__, "_handles": {}}
+
+    def text_encoder_path(self) -> Path | None:
+        p = self.path / "text_encoder"
+        return p if p.is_dir() else None

@@ -1,0 +1,51 @@
+"""Diffusion-DPO for the MAR head (paper §4.2, Eq. 7; Wallace et al. adapted to per-token diffusion).
+
+For a pair (caption, winner, loser) the policy and the frozen reference see the *same* mask and order,
+text drop, timesteps and noise for winner and loser. With E the per-image ε-error over masked tokens:
+
+    loss = −log σ(−β/2 · [(E^θ_w − E^ref_w) − (E^θ_l − E^ref_l)])
+
+Pairs follow the official builder: winner = a reference image for the caption (a real image, or the
+testbed teacher's render), loser = the current model's own sample.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lightgen.codecs import config_latents
+from lightgen.config import LightGenConfig
+
+
+def shared_randomness(model, batch: int, length: int, config: LightGenConfig, device) -> dict:
+    """One order, mask count, text-drop flag, timestep and noise per pair, duplicated winner/loser."""
+    raw = getattr(model, "module", model)
+    orders = raw.sample_orders(batch, length, device)
+    n_mask = raw.sample_mask_count(length, device)
+    drop = torch.rand(batch, device=device) < config.text_drop_prob
+    rows = (config.diffusion_batch_mul, batch, n_mask)
+    t = torch.randint(0, raw.diffloss.train_diffusion.num_steps, rows, device=device)
+    noise = torch.randn(*rows, config.token_dim, device=device)
+    pair = lambda a, dim: torch.cat([a, a], dim=dim)  # noqa: E731
+    return dict(orders=pair(orders, 0), num_masked=n_mask, drop_text=pair(drop, 0),
+                t=pair(t, 1).flatten(), noise=pair(noise, 1).flatten(0, 2))
+
+
+def dpo_loss(model, batch, config: LightGenConfig, reference, cfg) -> tuple[torch.Tensor, dict[str, float]]:
+    """Batch = (winner moments, loser moments, text states); returns the loss and logged metrics."""
+    winners, losers, text = batch
+    B = winners.shape[0]
+    x = config_latents(torch.cat([winners, losers]), config)
+    text2 = torch.cat([text, text])
+    L = (x.shape[-2] // config.patch_size) * (x.shape[-1] // config.patch_size)
+    shared = shared_randomness(model, B, L, config, x.device)
+    err = model(x, text2, reduction="none", vb=cfg.dpo_vb, **shared)
+    with torch.no_grad():
+        ref = reference(x, text2, reduction="none", vb=cfg.dpo_vb, **shared)
+    (e_w, e_l), (r_w, r_l) = err.chunk(2), ref.chunk(2)
+    inside = -0.5 * cfg.dpo_beta * ((e_w - r_w) - (e_l - r_l))
+    loss = -F.logsigmoid(inside).mean()
+    if cfg.dpo_sft_weight:
+        loss = loss + cfg.dpo_sft_weight * e_w.mean()
+    return loss, {"implicit_acc": (inside > 0).float().mean().item(), "reward_margin": inside.mean().item(),
+                  "err_w": e_w.mean().item(), "err_l": e_l.mean().item()}

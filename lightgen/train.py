@@ -1,0 +1,425 @@
+"""Training loop shared by KD pretraining and Diffusion-DPO (paper §4.2–4.3), on accelerate.
+
+Official recipe by default: AdamW (0.9, 0.95), weight decay 0.02 except 1-D params, biases and the
+diffusion head, lr = blr × global batch / 256, linear warm-up then constant, grad-norm clip 3.0, EMA.
+
+Crash safety: every random draw of step s comes from seeds derived from (seed, s, rank) and the data
+order from (seed, epoch), so the RNG state and data-loader position at a step are functions of the
+step number; a checkpoint holds weights, EMA, optimizer state and the step. A run killed at any point
+and resumed from its last checkpoint therefore ends bitwise identical to an uninterrupted run.
+Checkpoints are written to a temp directory, fsynced, checksummed and renamed; a corrupt one is
+skipped with a warning.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from tqdm.auto import tqdm
+
+from lightgen.cache import FeatureCache
+from lightgen.checkpoint import load_into, load_weights, save_weights
+from lightgen.codecs import config_latents
+from lightgen.config import LightGenConfig
+from lightgen.dpo import dpo_loss
+from lightgen.errors import InputError
+from lightgen.mar import LightGen
+from lightgen.pipeline import write_pipeline
+
+
+@dataclass
+class TrainConfig:
+    """One training run (KD pretraining or DPO). Loaded from YAML; unknown keys are errors."""
+
+    objective: str = "kd"  # "kd" | "dpo"
+    preset: str = "testbed"
+    model: dict[str, Any] = field(default_factory=dict)  # LightGenConfig overrides
+    cache: str = ""  # feature cache (KD); for DPO the winners' cache
+    loser_cache: str = ""  # DPO only: the losers' cache, row-aligned with `cache`
+    out: str = "runs/train"
+    resolution: int | None = None  # default: the preset's
+    init_from: str | None = None  # pipeline dir to start from (multi-stage / DPO reference)
+    init_weights: str | None = None  # "model" | "model_ema" (default: the directory's choice)
+    batch_size: int = 64  # global, over all processes
+    steps: int = 1000
+    blr: float = 1e-4
+    lr: float | None = None  # default: blr × batch_size / 256
+    warmup_steps: int = 100
+    weight_decay: float = 0.02
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 3.0
+    ema_decay: float = 0.9999
+    flip: bool = True  # random horizontal flip (official); captions are not changed
+    seed: int = 0
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (fp16 uses loss scaling)
+    fused_adamw: bool = True  # when the device supports it
+    save_every: int = 500
+    keep_last: int = 2
+    export_steps: list[int] = field(default_factory=list)  # also write a pipeline at these steps
+    log_every: int = 10
+    num_workers: int = 0
+    trackers: list[str] = field(default_factory=list)  # accelerate trackers, e.g. ["tensorboard"]
+    # Diffusion-DPO (Eq. 7)
+    dpo_beta: float = 1000.0
+    dpo_sft_weight: float = 0.0  # optional plain DiffLoss on winners
+    dpo_vb: bool = False  # include the VB term in the per-image error (Diffusion-DPO: ε-MSE only)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else self.blr * self.batch_size / 256
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "TrainConfig":
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise InputError(f"{path}: cannot read the training config ({e})") from e
+        if not isinstance(raw, dict):
+            raise InputError(f"{path}: expected a mapping of training options")
+        return cls.from_dict({**raw, **(overrides or {})}, str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise InputError(f"{source}: unknown training option(s) {unknown}; known: {sorted(names)}")
+        cfg = cls(**raw)
+        cfg.betas = tuple(cfg.betas)
+        if cfg.objective not in ("kd", "dpo"):
+            raise InputError(f"{source}: objective: expected 'kd' or 'dpo', got {cfg.objective!r}")
+        if cfg.objective == "dpo" and not (cfg.init_from and cfg.loser_cache):
+            raise InputError(f"{source}: DPO needs init_from (the reference model) and loser_cache")
+        if cfg.mixed_precision not in ("no", "bf16", "fp16"):
+            raise InputError(f"{source}: mixed_precision: expected no|bf16|fp16, got {cfg.mixed_precision!r}")
+        if cfg.batch_size < 1 or cfg.steps < 1:
+            raise InputError(f"{source}: batch_size and steps must be >= 1")
+        return cfg
+
+    def model_config(self) -> LightGenConfig:
+        return LightGenConfig.from_preset(self.preset, **self.model)
+
+
+class TrainingDiverged(RuntimeError):
+    """A NaN/inf loss: the run stops and the last good checkpoint is left untouched."""
+
+
+# ------------------------------------------------------------------------------------ data order
+def _seed(*parts: int) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
+
+
+def step_batch(n: int, batch: int, seed: int, step: int) -> torch.Tensor:
+    """Dataset indices of the global batch at `step`: epochs of seeded permutations, drop_last."""
+    per_epoch = n // batch
+    if per_epoch == 0:
+        raise InputError(f"dataset: {n} samples is fewer than one batch of {batch}")
+    epoch, k = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, epoch)))
+    return order[k * batch:(k + 1) * batch]
+
+
+class _StepBatches(torch.utils.data.Sampler):
+    """Yields (step, index, flip) lists for this process's share of each global batch from `start`."""
+
+    def __init__(self, n: int, cfg: TrainConfig, start: int, rank: int, world: int):
+        self.n, self.cfg, self.start, self.rank, self.world = n, cfg, start, rank, world
+
+    def __len__(self):
+        return self.cfg.steps - self.start
+
+    def __iter__(self):
+        for step in range(self.start, self.cfg.steps):
+            idx = step_batch(self.n, self.cfg.batch_size, self.cfg.seed, step)
+            flips = torch.rand(len(idx), generator=torch.Generator().manual_seed(_seed(self.cfg.seed, step, -1))) < 0.5
+            flips &= self.cfg.flip
+            yield [(step, int(i), bool(f)) for i, f in list(zip(idx, flips))[self.rank::self.world]]
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Cache rows for the objective: KD -> (moments, text); DPO -> (winner, loser, text)."""
+
+    def __init__(self, caches: list[FeatureCache]):
+        self.caches = caches
+
+    def __len__(self):
+        return len(self.caches[0])
+
+    def __getitem__(self, item):
+        step, i, flip = item
+        rows = [c[i] for c in self.caches]
+        moments = [r.moments_flip if flip else r.moments for r in rows]
+        return (step, *moments, rows[0].text)
+
+
+def _collate(items):
+    steps = {it[0] for it in items}
+    return (steps.pop(), *(torch.stack(col) for col in list(zip(*items))[1:]))
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors = {f"{pid}.{k}": v for pid, st in sd["state"].items() for k, v in st.items() if torch.is_tensor(v)}
+    return tensors, {"param_groups": sd["param_groups"], "state_keys": {str(p): list(st) for p, st in sd["state"].items()}}
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state = {int(p): {k: tensors[f"{p}.{k}"] for k in keys} for p, keys in meta["state_keys"].items()}
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def write_checkpoint(root: Path, step: int, model: LightGen, ema: list[torch.Tensor],
+                     opt: torch.optim.Optimizer, cfg: TrainConfig, keep_last: int) -> Path:
+    final = root / f"step-{step:08d}"
+    tmp = root / f".step-{step:08d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    names = [n for n, _ in model.named_parameters()]
+    save_weights(model.state_dict(), tmp / "model.safetensors")
+    save_weights(dict(zip(names, ema)), tmp / "ema.safetensors")
+    opt_tensors, opt_meta = _optimizer_tensors(opt)
+    save_weights(opt_tensors, tmp / "optimizer.safetensors")
+    files = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
+    state = {"step": step, "config": dataclasses.asdict(cfg), "optimizer": opt_meta, "sha256": files,
+             "rng": "derived from (seed, step): see lightgen/train.py"}
+    (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in sorted(root.glob("step-*"))[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_checkpoint(path: Path) -> dict | None:
+    """Verified checkpoint contents, or None (with a warning) when files are missing or corrupt."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+        for name, digest in state["sha256"].items():
+            if _sha256(path / name) != digest:
+                raise ValueError(f"{name}: checksum mismatch")
+        return {**state, "model": load_weights(path / "model.safetensors"), "ema": load_weights(path / "ema.safetensors"),
+                "optimizer_tensors": load_weights(path / "optimizer.safetensors")}
+    except (OSError, ValueError, KeyError, json.JSONDecodeError, SafetensorError, InputError) as e:
+        warnings.warn(f"checkpoint {path} is unreadable or corrupt ({e}); trying an older one")
+        return None
+
+
+def latest_checkpoint(root: Path) -> dict | None:
+    for path in sorted(root.glob("step-*"), reverse=True):
+        ckpt = read_checkpoint(path)
+        if ckpt is not None:
+            return ckpt
+    return None
+
+
+# ------------------------------------------------------------------------------------ objectives
+def kd_loss(model, batch, config: LightGenConfig, **_) -> tuple[torch.Tensor, dict[str, float]]:
+    moments, text = batch
+    loss = model(config_latents(moments, config), text)
+    return loss, {}
+
+
+# ------------------------------------------------------------------------------------------ train
+def param_groups(model: LightGen, weight_decay: float) -> list[dict]:
+    """Official split: no decay for 1-D params, biases and the whole diffusion head."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim == 1 or name.endswith(".bias") or name.startswith("diffloss")
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def load_init(path: str | Path, weights: str | None) -> tuple[LightGenConfig, dict[str, torch.Tensor]]:
+    """Config and chosen weights of a pipeline directory (position tables interpolate, so a lower-
+    resolution checkpoint initialises a higher-resolution stage unchanged)."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"init_from {path}: not a pipeline directory ({e})") from e
+    name = weights or meta.get("default_weights", "model_ema")
+    return LightGenConfig.from_dict(meta["lightgen"], str(path)), load_weights(path / f"{name}.safetensors")
+
+
+def train(cfg: TrainConfig, resume: str | None = "auto",
+          on_step: Callable[[int, dict[str, float]], None] | None = None) -> Path:
+    """Run (or resume) training; returns the exported pipeline directory `out/pipeline`.
+
+    `resume`: "auto" (latest good checkpoint in `out/checkpoints`, if any), a checkpoint path, or None.
+    """
+    from accelerate import Accelerator
+
+    out = Path(cfg.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise InputError(f"out: {out} is not writable ({e})") from e
+    config = cfg.model_config()
+    resolution = cfg.resolution or config.resolution
+    config.grid(resolution, resolution)
+    caches = [FeatureCache(cfg.cache, config, resolution)] if cfg.cache else []
+    if not caches:
+        raise InputError("cache: a feature cache is required (build one with `lightgen-bench cache`)")
+    if cfg.objective == "dpo":
+        losers = FeatureCache(cfg.loser_cache, config, resolution)
+        if len(losers) != len(caches[0]):
+            raise InputError(f"loser_cache: {len(losers)} rows, winners' cache has {len(caches[0])}")
+        caches.append(losers)
+    if len(caches[0]) < cfg.batch_size:
+        raise InputError(f"cache: {len(caches[0])} samples is fewer than one batch of {cfg.batch_size}")
+
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.trackers or None, project_dir=str(out))
+    torch.manual_seed(cfg.seed)
+    model = LightGen(config)
+    reference = None
+    if cfg.init_from:
+        init_config, init_state = load_init(cfg.init_from, cfg.init_weights)
+        load_into(model, init_state, f"init_from {cfg.init_from}")
+        if cfg.objective == "dpo":
+            reference = LightGen(config).eval().requires_grad_(False)
+            load_into(reference, init_state, f"init_from {cfg.init_from}")
+            reference.to(acc.device)
+    ckpt_root = out / "checkpoints"
+    ckpt = None
+    if resume == "auto":
+        ckpt = latest_checkpoint(ckpt_root)
+    elif resume:
+        ckpt = read_checkpoint(Path(resume))
+        if ckpt is None:
+            raise InputError(f"resume: {resume} is not a readable checkpoint")
+    if ckpt is not None:
+        saved = TrainConfig.from_dict(ckpt["config"])
+        if saved.model_config() != config:
+            raise InputError(f"resume: checkpoint at {ckpt_root} was made for another model config "
+                             f"(preset {saved.preset!r}, this run {cfg.preset!r})")
+        load_into(model, ckpt["model"], "checkpoint model")
+    model.to(acc.device)
+    ema = [p.detach().clone() for p in model.parameters()]
+    if ckpt is not None:
+        names = [n for n, _ in model.named_parameters()]
+        ema = [ckpt["ema"][n].to(acc.device) for n in names]
+    fused = cfg.fused_adamw and acc.device.type == "cuda"
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=cfg.betas,
+                            fused=fused or None)
+    if ckpt is not None:
+        opt.load_state_dict(_optimizer_state(ckpt["optimizer_tensors"], ckpt["optimizer"]))
+    start = ckpt["step"] if ckpt is not None else 0
+    lr_at = lambda s: cfg.learning_rate * min(1.0, (s + 1) / max(1, cfg.warmup_steps))  # noqa: E731
+    model, opt = acc.prepare(model, opt)
+    raw_model = acc.unwrap_model(model)
+    loader = torch.utils.data.DataLoader(
+        _Rows(caches), batch_sampler=_StepBatches(len(caches[0]), cfg, start, acc.process_index, acc.num_processes),
+        collate_fn=_collate, num_workers=cfg.num_workers, pin_memory=acc.device.type == "cuda")
+    objective = dpo_loss if cfg.objective == "dpo" else kd_loss
+    metrics_file = out / "metrics.csv"
+    if acc.is_main_process:
+        _truncate_metrics(metrics_file, start)
+        acc.init_trackers("lightgen", config={k: v for k, v in dataclasses.asdict(cfg).items()
+                                              if isinstance(v, (int, float, str, bool))})
+    params = list(raw_model.parameters())
+    bar = tqdm(total=cfg.steps, initial=start, desc=cfg.objective, unit="step", disable=not acc.is_main_process)
+    t_last, seen = time.perf_counter(), 0
+    model.train()
+    for step, *batch in loader:
+        torch.manual_seed(_seed(cfg.seed, step, acc.process_index))
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        batch = [b.to(acc.device, non_blocking=True) for b in batch]
+        with acc.autocast():
+            loss, extra = objective(model, batch, config, reference=reference, cfg=cfg)
+        if not torch.isfinite(loss.detach()).item():
+            raise TrainingDiverged(f"step {step}: loss is {loss.item()}; stopping (last good checkpoint kept in "
+                                   f"{ckpt_root})")
+        acc.backward(loss)
+        grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - cfg.ema_decay)
+        seen += cfg.batch_size
+        done = step + 1
+        if acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):
+            now = time.perf_counter()
+            row = {"step": done, "loss": loss.item(), "lr": lr_at(step), "grad_norm": float(grad_norm),
+                   "img_per_s": seen / (now - t_last), **extra}
+            t_last, seen = now, 0
+            _append_metrics(metrics_file, row)
+            acc.log(row, step=done)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
+            if on_step:
+                on_step(done, row)
+        bar.update(1)
+        if acc.is_main_process:
+            if done % cfg.save_every == 0 or done == cfg.steps:
+                write_checkpoint(ckpt_root, done, raw_model, ema, opt, cfg, cfg.keep_last)
+            if done in cfg.export_steps:
+                export(out / "snapshots" / f"step-{done:08d}", config, raw_model, ema, caches[0])
+        acc.wait_for_everyone()
+    bar.close()
+    final = out / "pipeline"
+    if acc.is_main_process:
+        export(final, config, raw_model, ema, caches[0])
+    acc.end_training()
+    return final
+
+
+def export(path: Path, config: LightGenConfig, model: LightGen, ema: list[torch.Tensor], cache: FeatureCache) -> Path:
+    """A pipeline directory with raw and EMA weights (samples with EMA by default)."""
+    names = [n for n, _ in model.named_parameters()]
+    ema_sd = {**model.state_dict(), **dict(zip(names, ema))}
+    text_encoder = cache.text_encoder_path() if config.text_encoder == "tiny-t5" else None
+    return write_pipeline(path, config, {"model": model.state_dict(), "model_ema": ema_sd}, "model_ema", text_encoder)
+
+
+def _truncate_metrics(path: Path, start: int) -> None:
+    """On resume, drop rows logged after the checkpoint so the CSV never holds a step twice."""
+    if not path.is_file():
+        return
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    keep = [r for r in rows if int(r["step"]) <= start]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(keep)
+
+
+def _append_metrics(path: Path, row: dict[str, float]) -> None:
+    new = not path.is_file()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
