@@ -49,6 +49,7 @@ class LightGenConfig:
     diffloss_width: int = 1536
     num_sampling_steps: int = 100
     diffusion_batch_mul: int = 4
+    clip_sample: float | None = None  # clamp predicted x0 while sampling (off officially; pixels: 1.0)
     # training-time behaviour
     mask_ratio_min: float = 0.7
     text_drop_prob: float = 0.1
@@ -105,5 +106,5 @@ PRESETS: dict[str, dict[str, Any]] = {
                     width=192, encoder_depth=3, decoder_depth=3, cross_depth=3, text_depth=2, num_heads=6,
                     attn_dropout=0.0, proj_dropout=0.0,
                     text_encoder="tiny-t5", caption_channels=64, max_length=16, t5_config=_TINY_T5,
-                    diffloss_depth=3, diffloss_width=256, diffusion_batch_mul=2),
+                    diffloss_depth=3, diffloss_width=256, diffusion_batch_mul=2, clip_sample=1.0),
 }

@@ -10,11 +10,15 @@ testbed teacher's render), loser = the current model's own sample.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
 from lightgen.codecs import config_latents
 from lightgen.config import LightGenConfig
+from lightgen.errors import InputError
 
 
 def shared_randomness(model, batch: int, length: int, config: LightGenConfig, device) -> dict:
@@ -49,3 +53,55 @@ def dpo_loss(model, batch, config: LightGenConfig, reference, cfg) -> tuple[torc
         loss = loss + cfg.dpo_sft_weight * e_w.mean()
     return loss, {"implicit_acc": (inside > 0).float().mean().item(), "reward_margin": inside.mean().item(),
                   "err_w": e_w.mean().item(), "err_l": e_l.mean().item()}
+
+
+class PipelineTeacher:
+    """A LightGen pipeline behind the distillation `Teacher` protocol (prompts, seeds -> images)."""
+
+    def __init__(self, pipe, **call_kwargs):
+        self.pipe, self.call_kwargs = pipe, call_kwargs
+        self.name = f"lightgen:{pipe.config.preset or 'custom'}"
+        self.resolution = call_kwargs.get("height") or pipe.config.resolution
+
+    def __call__(self, prompts: list[str], seeds: list[int]):
+        return self.pipe(prompts, seed=seeds, **self.call_kwargs)
+
+
+def build_pairs(ckpt: str | Path, out: str | Path, winners, captions: list[str] | None = None, n: int | None = None,
+                seed: int = 0, steps: int = 64, cfg: float = 4.0, device: str = "cpu") -> Path:
+    """Write `out/winner` and `out/loser`: two text-to-image folders, row-aligned (same captions, same
+    order). `winners` is a teacher (renders the captions) or a reference dataset folder (its images, as
+    the official builder's real photos). Losers are `ckpt`'s own samples. Both steps resume."""
+    from lightgen.distill import T2IFolder, distill, sample_key
+    from lightgen.pipeline import LightGenPipeline
+
+    out = Path(out)
+    pipe = LightGenPipeline.from_pretrained(ckpt, device=device)
+    if isinstance(winners, (str, Path)):
+        reference = T2IFolder(winners)
+        count = len(reference) if n is None else min(n, len(reference))
+        captions = [reference.caption(i) for i in range(count)]
+        _copy_rows(reference, out / "winner", count, sample_key)
+    else:
+        if not captions:
+            raise InputError("captions: the teacher needs at least one caption")
+        count = n or len(captions)
+        distill(winners, captions, out / "winner", n=count, seed=seed)
+        captions = [captions[i % len(captions)] for i in range(count)]
+    distill(PipelineTeacher(pipe, num_inference_steps=steps, guidance_scale=cfg), captions, out / "loser",
+            n=count, seed=seed)
+    return out
+
+
+def _copy_rows(reference, out: Path, count: int, key) -> None:
+    """The first `count` rows of a reference dataset, re-indexed like a distilled folder."""
+    from lightgen.checkpoint import atomic_write
+
+    for i in range(count):
+        image, caption = reference[i]
+        dest = out / key(i)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.with_suffix(".json").exists():
+            atomic_write(dest.with_suffix(".png"), lambda tmp: image.save(tmp, format="PNG"))
+            atomic_write(dest.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps({"prompt": caption})))
+    atomic_write(out / "index.txt", lambda tmp: Path(tmp).write_text("".join(key(i) + "\n" for i in range(count))))

@@ -147,7 +147,8 @@ class LightGen(nn.Module):
         self.decoder_blocks = nn.ModuleList(blk() for _ in range(c.decoder_depth))
         self.decoder_norm = nn.LayerNorm(D, eps=1e-6)
         self._init_weights()
-        self.diffloss = DiffLoss(c.token_dim, D, c.diffloss_width, c.diffloss_depth, c.num_sampling_steps)
+        self.diffloss = DiffLoss(c.token_dim, D, c.diffloss_width, c.diffloss_depth, c.num_sampling_steps,
+                                 c.clip_sample)
         self.diffloss.net.grad_checkpointing = c.grad_checkpointing
 
     def _init_weights(self) -> None:
@@ -262,11 +263,13 @@ class LightGen(nn.Module):
     def forward(self, latents: torch.Tensor, text_states: torch.Tensor, *, orders: torch.Tensor | None = None,
                 num_masked: int | None = None, drop_text: torch.Tensor | None = None,
                 t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                reduction: str = "mean", vb: bool = True) -> torch.Tensor:
+                reduction: str = "mean", vb: bool = True, fast: bool = True) -> torch.Tensor:
         """Masked DiffLoss on normalised latents (B, C, h, w). Randomness (orders, mask count, text
         drop, timesteps, noise) is drawn here unless given, so DPO can share it across a pair.
         `t`/`noise` cover the masked rows × diffusion_batch_mul (copy-major). `reduction`: "mean" over
-        all masked rows, or "none" for one value per sample (B,). `vb=False`: ε-MSE only."""
+        all masked rows, or "none" for one value per sample (B,). `vb=False`: ε-MSE only.
+        `fast=False` is the reference path: like the official code, the head runs on every token and
+        the loss is masked afterwards (same expectation, more work)."""
         c = self.config
         x = self.patchify(latents)
         B, L, _ = x.shape
@@ -280,15 +283,18 @@ class LightGen(nn.Module):
                 torch.zeros(B, dtype=torch.bool, device=x.device)
         text = torch.where(drop_text[:, None, None], self.null_text(B, text.shape[1]).to(text.dtype), text)
         z = self._trunk(x, vis, TextContext(text), self.positions(rows, cols))
-        pick = lambda a: a.gather(1, masked[..., None].expand(-1, -1, a.shape[-1]))  # noqa: E731
+        head_rows = masked if fast else torch.arange(L, device=x.device).expand(B, L)
+        pick = lambda a: a.gather(1, head_rows[..., None].expand(-1, -1, a.shape[-1])).flatten(0, 1)  # noqa: E731
         mul = c.diffusion_batch_mul
-        z_rows = pick(z).reshape(B * n_mask, -1).repeat(mul, 1)
-        target = pick(x).reshape(B * n_mask, -1).repeat(mul, 1)
-        loss = self.diffloss(target, z_rows, t, noise, vb)
+        loss = self.diffloss(pick(x).repeat(mul, 1), pick(z).repeat(mul, 1), t, noise, vb, fast)
+        loss = loss.view(mul, B, head_rows.shape[1])
+        if not fast:
+            weight = torch.zeros(B, L, device=x.device).scatter(1, masked, 1.0)
+            loss = loss * weight * (L / n_mask)  # masked mean, as sum(loss·mask)/sum(mask)
         if reduction == "mean":
             return loss.mean()
         if reduction == "none":
-            return loss.view(mul, B, n_mask).mean(dim=(0, 2))
+            return loss.mean(dim=(0, 2))
         raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
 
     # --------------------------------------------------------------------------------- sampling
@@ -303,8 +309,9 @@ class LightGen(nn.Module):
         Every random draw of image i comes from `generators[i]`, so an image depends only on its own
         (text, seed), not on the rest of the batch. `text_states=None` samples unconditionally.
         Inpainting: `init_tokens` (B, L, C) are kept wherever `inpaint_mask` (L,) is False; only the
-        masked positions are generated. `cache=False` is the unoptimised reference path (text branch
-        and cross K/V recomputed at every step), kept to measure and test the cached path against.
+        masked positions are generated. `cache=False` is the unoptimised reference path (text branch,
+        cross K/V, position tables and the head's condition/time embeddings recomputed at every step),
+        kept to measure and test the optimised path against.
         """
         c = self.config
         if num_iter < 1:
@@ -355,7 +362,7 @@ class LightGen(nn.Module):
             scale = cfg if cfg_schedule == "constant" else 1 + (cfg - 1) * (L - n_next) / L
             randn = lambda n: torch.cat([torch.randn(k, c.token_dim, generator=g, device=g.device)  # noqa: E731
                                          for g in generators]).to(device)
-            sampled = self.diffloss.sample(z, randn, scale if guided else None, temperature)
+            sampled = self.diffloss.sample(z, randn, scale if guided else None, temperature, fast=cache)
             tokens = tokens.scatter(1, pred[..., None].expand(-1, -1, c.token_dim), sampled.view(B, k, -1))
             n_masked = n_next
         return tokens

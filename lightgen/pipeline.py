@@ -92,6 +92,18 @@ def convert_official(ckpt: str | Path, out_dir: str | Path, preset: str = "light
                           epoch=official.get("epoch"), official_args=vars(args) if args is not None else None)
 
 
+def read_pipeline_config(path: str | Path) -> tuple[LightGenConfig, dict]:
+    """The model config and metadata of a pipeline directory, without loading any weights."""
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.is_file():
+        raise InputError(f"{path}: not a LightGen pipeline directory (no config.json)")
+    try:
+        meta = json.loads(cfg_file.read_text())
+        return LightGenConfig.from_dict(meta["lightgen"], source=str(cfg_file)), meta
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise InputError(f"{cfg_file}: expected a JSON object with a 'lightgen' config ({e})") from e
+
+
 class LightGenPipeline:
     def __init__(self, model: LightGen, text_encoder: TextEncoder, codec: LatentCodec,
                  weights: dict[str, dict[str, torch.Tensor]] | None = None, default_weights: str = "model_ema"):
@@ -119,14 +131,7 @@ class LightGenPipeline:
                         ) -> "LightGenPipeline":
         """Load a pipeline directory; `weights` = "model" | "model_ema" (default: the directory's choice)."""
         path = Path(path)
-        cfg_file = path / "config.json"
-        if not cfg_file.is_file():
-            raise InputError(f"{path}: not a LightGen pipeline directory (no config.json)")
-        try:
-            meta = json.loads(cfg_file.read_text())
-            config = LightGenConfig.from_dict(meta["lightgen"], source=str(cfg_file))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise InputError(f"{cfg_file}: expected a JSON object with a 'lightgen' config ({e})") from e
+        config, meta = read_pipeline_config(path)
         chosen = weights or meta.get("default_weights", "model_ema")
         files = {n: path / f"{n}.safetensors" for n in WEIGHT_NAMES if (path / f"{n}.safetensors").is_file()}
         if chosen not in files:

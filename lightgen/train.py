@@ -36,7 +36,7 @@ from lightgen.config import LightGenConfig
 from lightgen.dpo import dpo_loss
 from lightgen.errors import InputError
 from lightgen.mar import LightGen
-from lightgen.pipeline import write_pipeline
+from lightgen.pipeline import read_pipeline_config, write_pipeline
 
 
 @dataclass
@@ -61,6 +61,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 3.0
     ema_decay: float = 0.9999
+    ema_warmup: bool = False  # decay min(ema_decay, (1+s)/(10+s)): short runs forget the random init
     flip: bool = True  # random horizontal flip (official); captions are not changed
     seed: int = 0
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (fp16 uses loss scaling)
@@ -259,13 +260,9 @@ def param_groups(model: LightGen, weight_decay: float) -> list[dict]:
 def load_init(path: str | Path, weights: str | None) -> tuple[LightGenConfig, dict[str, torch.Tensor]]:
     """Config and chosen weights of a pipeline directory (position tables interpolate, so a lower-
     resolution checkpoint initialises a higher-resolution stage unchanged)."""
-    path = Path(path)
-    try:
-        meta = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"init_from {path}: not a pipeline directory ({e})") from e
+    config, meta = read_pipeline_config(path)
     name = weights or meta.get("default_weights", "model_ema")
-    return LightGenConfig.from_dict(meta["lightgen"], str(path)), load_weights(path / f"{name}.safetensors")
+    return config, load_weights(Path(path) / f"{name}.safetensors")
 
 
 def train(cfg: TrainConfig, resume: str | None = "auto",
@@ -303,7 +300,7 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
     model = LightGen(config)
     reference = None
     if cfg.init_from:
-        init_config, init_state = load_init(cfg.init_from, cfg.init_weights)
+        _, init_state = load_init(cfg.init_from, cfg.init_weights)
         load_into(model, init_state, f"init_from {cfg.init_from}")
         if cfg.objective == "dpo":
             reference = LightGen(config).eval().requires_grad_(False)
@@ -365,7 +362,8 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
         opt.step()
         opt.zero_grad(set_to_none=True)
         with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - cfg.ema_decay)
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
         seen += cfg.batch_size
         done = step + 1
         if acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):

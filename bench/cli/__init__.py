@@ -32,3 +32,7 @@ def main() -> None:
 # Command modules register themselves on `main` when imported.
 from bench.cli import model  # noqa: E402,F401
 from bench.cli import train  # noqa: E402,F401
+from bench.cli import perf  # noqa: E402,F401
+from bench.cli import geneval  # noqa: E402,F401
+from bench.cli import testbed  # noqa: E402,F401
+from bench.cli import table  # noqa: E402,F401

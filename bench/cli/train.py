@@ -118,29 +118,25 @@ Examples:
 @click.option("--device", default="cpu", show_default=True)
 def dpo_pairs(ckpt, teacher, captions, reference, out, n, steps, cfg, seed, device):
     """Preference pairs: winner = reference/teacher image, loser = the model's own sample."""
+    from lightgen.distill import read_captions
     from lightgen.dpo import build_pairs
 
     if (teacher is None) == (reference is None):
         raise InputError("dpo-pairs: give exactly one of --teacher (with --captions) or --reference")
     if teacher and not captions:
         raise InputError("dpo-pairs: --teacher needs --captions")
-    winners = reference or _teacher(teacher, captions)
-    caption_list = None if reference else _read_captions(captions)
+    winners = reference or _teacher(teacher, ckpt)
+    caption_list = None if reference else read_captions(captions)
     path = build_pairs(ckpt, out, winners=winners, captions=caption_list, n=n, seed=seed, steps=steps, cfg=cfg,
                        device=device)
     click.echo(f"pairs written to {path} (winner/ and loser/)")
 
 
-def _read_captions(path: str) -> list[str]:
-    lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
-    if not lines:
-        raise InputError(f"{path}: no captions")
-    return lines
-
-
-def _teacher(name: str, captions: str):
+def _teacher(name: str, ckpt: str):
+    """Winner renderer at the model's resolution."""
     if name == "testbed":
         from bench.testbed.teacher import TestbedTeacher
-        return TestbedTeacher()
+        from lightgen.pipeline import read_pipeline_config
+        return TestbedTeacher(resolution=read_pipeline_config(ckpt)[0].resolution)
     from lightgen.distill import DiffusersTeacher
     return DiffusersTeacher(name)

@@ -1,0 +1,39 @@
+"""`lightgen-bench perf`: benchmark a workload beside its unoptimised reference path."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from bench.cli import main
+
+
+@main.command(epilog="""\b
+Examples:
+  lightgen-bench perf --preset testbed --what sample --batch 64 --steps 16
+  lightgen-bench perf --preset testbed --what train --batch 64 --output results/perf/cpu_train.json
+  lightgen-bench perf --preset lightgen-0.7b --what train --batch 64 --resolution 256 --device cuda
+  lightgen-bench perf --what fid
+""")
+@click.option("--preset", default="testbed", show_default=True)
+@click.option("--what", type=click.Choice(["train", "sample", "fid"]), default="sample", show_default=True)
+@click.option("--batch", default=32, show_default=True, help="Images per step / per sampling call.")
+@click.option("--resolution", type=int, default=None, help="Pixels (default: the preset's).")
+@click.option("--steps", default=64, show_default=True, help="AR steps (sample).")
+@click.option("--cfg", default=4.0, show_default=True, help="Guidance scale (sample).")
+@click.option("--iters", default=3, show_default=True, help="Timed repetitions (median reported).")
+@click.option("--reference/--no-reference", default=True, show_default=True,
+              help="Also time the unoptimised reference path and print the ratio.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Model config override.")
+@click.option("--output", "out", type=click.Path(dir_okay=False), default=None, help="Write the JSON record here.")
+def perf(preset, what, batch, resolution, steps, cfg, iters, reference, device, overrides, out):
+    """Images/s, step time, peak memory (and FLOPs / MFU on a GPU), optimised vs reference."""
+    from bench.cli.train import parse_overrides
+    from bench.perf import run_perf
+
+    record = run_perf(preset, what, batch, resolution, device, iters=iters, steps=steps, cfg=cfg,
+                      reference=reference, out=out, overrides=parse_overrides(overrides))
+    click.echo(json.dumps(record["results"], indent=2))
+    if "speedup" in record["results"]:
+        click.echo(f"speedup vs reference path: {record['results']['speedup']:.2f}x")

@@ -1,0 +1,40 @@
+"""`lightgen-bench table`: our GenEval summaries beside the paper's rows, as markdown, LaTeX or CSV."""
+from __future__ import annotations
+
+import click
+
+from bench.cli import main
+
+
+@main.command(epilog="""\b
+Examples:
+  lightgen-bench table runs/geneval-demo --paper-table 1
+  lightgen-bench table runs/kd/summary.json runs/dpo --name "ours (KD)" --name "ours (DPO)" \\
+      --paper-table 2 --format latex --output table.tex
+  lightgen-bench table results/testbed/data-scale --format csv   # one row per summary.json below
+  lightgen-bench table --paper-table 3                             # the paper's rows alone
+""")
+@click.argument("results", nargs=-1, type=click.Path())
+@click.option("--baselines", type=click.Path(dir_okay=False), default=None,
+              help="Baseline rows, .yaml or .csv (default with --paper-table: the paper's, "
+                   "eval_configs/baselines/paper_tables.yaml).")
+@click.option("--paper-table", type=int, default=None,
+              help="Only this table's baseline rows: 1 (256 px), 2 (512 px), 3 (overall, quoted from other papers).")
+@click.option("--name", "names", multiple=True, help="Row name per summary, in order (default: its folder name).")
+@click.option("--format", "fmt", type=click.Choice(["md", "latex", "csv"]), default="md", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write here (atomically), not stdout.")
+def table(results, baselines, paper_table, names, fmt, output):
+    """Paper-style GenEval table: per-tag scores and overall, best per column in bold, and a Source
+    column (our detector, image size and image count, or the paper's table). Paper rows come first."""
+    from bench.tables import PAPER_TABLES, build_table, load_baselines, load_results, render, write_table
+    from lightgen.errors import InputError
+
+    rows = load_baselines(baselines or PAPER_TABLES, paper_table) if baselines or paper_table is not None else []
+    rows += load_results(results, names)
+    if not rows:
+        raise InputError("RESULTS: expected summary.json files or directories, or --baselines / --paper-table")
+    frame = build_table(rows)
+    if output:
+        click.echo(f"wrote {write_table(frame, output, fmt)}")
+    else:
+        click.echo(render(frame, fmt), nl=False)

@@ -1,0 +1,119 @@
+"""Testbed commands (render, dataset, prompts, grid) and the generic `distill` command."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bench.cli import main
+
+
+@main.group(epilog="""\b
+Examples:
+  lightgen-bench testbed render "two red circles" out.png
+  lightgen-bench testbed dataset --n 5000 --diversity 200 --resolution 32 --out data/testbed-5k
+""")
+def testbed() -> None:
+    """The testbed world: a procedural teacher, its caption grammar and evaluation prompts."""
+
+
+@testbed.command(epilog="""\b
+Examples:
+  lightgen-bench testbed render "two red circles" out.png
+  lightgen-bench testbed render "a photo of a blue square left of a triangle" out.png --resolution 64 --seed 3
+""")
+@click.argument("caption")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--resolution", default=32, show_default=True, help="Image side in pixels (>= 32).")
+@click.option("--seed", default=0, show_default=True, help="Layout and unstated colours.")
+def render(caption, out, resolution, seed):
+    """Render one caption of the testbed grammar to a PNG."""
+    from bench.testbed.teacher import render as render_caption
+
+    render_caption(caption, resolution, seed).save(out)
+    click.echo(f"wrote {out}")
+
+
+@testbed.command(epilog="""\b
+Examples:
+  lightgen-bench testbed dataset --n 5000 --diversity 200 --resolution 32 --out data/testbed-5k
+  lightgen-bench testbed dataset --n 5000 --diversity 5000 --out data/testbed-5k-div5k --seed 1
+""")
+@click.option("--n", "n", default=5000, show_default=True, help="Images (volume).")
+@click.option("--diversity", default=200, show_default=True, help="Distinct captions they are drawn from.")
+@click.option("--resolution", default=32, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Caption pool, caption order and per-image seeds.")
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+def dataset(n, diversity, resolution, seed, batch_size, out):
+    """Distil a text-to-image-2M style dataset from the testbed teacher (resumable)."""
+    from bench.testbed.captions import sample_captions
+    from bench.testbed.teacher import TestbedTeacher
+    from lightgen.distill import distill
+
+    teacher = TestbedTeacher(resolution)
+    captions = sample_captions(n, diversity, seed)
+    distill(teacher, captions, out, seed=seed, batch_size=batch_size, extra={"diversity": diversity})
+    click.echo(f"wrote {n} images ({diversity} distinct captions) to {out}")
+
+
+@testbed.command(epilog="""\b
+Example:
+  lightgen-bench testbed prompts   # rewrites eval_configs/testbed/geneval_testbed.jsonl
+""")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Output .jsonl (default: eval_configs/testbed/geneval_testbed.jsonl).")
+def prompts(out):
+    """Regenerate the testbed's GenEval prompts (official metadata schema)."""
+    from bench.testbed.prompts import PROMPTS_PATH, write_prompts
+
+    path = write_prompts(out or PROMPTS_PATH)
+    click.echo(f"wrote {sum(1 for _ in path.open())} prompts to {path}")
+
+
+@testbed.command(epilog="""\b
+Example:
+  lightgen-bench testbed grid   # rewrites results/testbed/teacher_grid.png
+""")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Output PNG (default: results/testbed/teacher_grid.png).")
+@click.option("--resolution", default=32, show_default=True)
+def grid(out, resolution):
+    """Regenerate the grid of teacher renders, one row per GenEval tag."""
+    from bench.testbed.grid import GRID_PATH, teacher_grid
+
+    path = Path(out) if out else GRID_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    teacher_grid(resolution).save(path)
+    click.echo(f"wrote {path}")
+
+
+@main.command(epilog="""\b
+Examples:
+  lightgen-bench distill --teacher testbed --captions captions.txt --out data/distilled --n 10000
+  lightgen-bench distill --teacher stabilityai/sdxl-turbo --captions captions.txt --out data/sdxl \\
+      --resolution 512 --steps 4
+""")
+@click.option("--teacher", required=True, help="'testbed', or a diffusers pipeline id or local path.")
+@click.option("--captions", required=True, type=click.Path(dir_okay=False),
+              help="Text file, one caption per line (cycled when --n exceeds it).")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--n", "n", type=int, default=None, help="Images (default: one per caption).")
+@click.option("--resolution", type=int, default=None, help="Image side (default: 32 for testbed, else the pipeline's).")
+@click.option("--seed", default=0, show_default=True, help="Per-image seeds derive from (seed, index).")
+@click.option("--steps", type=int, default=None, help="Diffusers: num_inference_steps.")
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="Diffusers: torch device.")
+def distill(teacher, captions, out, n, resolution, seed, steps, batch_size, device):
+    """Render captions with a teacher into the text-to-image-2M layout (resumable)."""
+    from lightgen.distill import DiffusersTeacher, distill as run, read_captions
+
+    if teacher == "testbed":
+        from bench.testbed.teacher import TestbedTeacher
+        model = TestbedTeacher(resolution or 32)
+    else:
+        kwargs = {k: v for k, v in dict(height=resolution, width=resolution, num_inference_steps=steps).items()
+                  if v is not None}
+        model = DiffusersTeacher(teacher, device=device, **kwargs)
+    run(model, read_captions(captions), out, n=n, seed=seed, batch_size=batch_size)
+    click.echo(f"wrote {out}")

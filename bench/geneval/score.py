@@ -1,0 +1,222 @@
+"""Score a GenEval image folder: detector -> official filtering -> CLIP colours -> official decision.
+
+Images are decoded in DataLoader workers; detector and CLIP run batched. Rows are appended to
+`results.jsonl` as batches finish (official fields + the scorer's identity), so a rerun skips done
+images and never duplicates a row. An unreadable image becomes an error row (retried on the next
+run) and the run ends with an error listing it, instead of crashing midway or skipping silently.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Collection, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
+
+from bench.geneval.colors import ColorClassifier
+from bench.geneval.detectors import Detector
+from bench.geneval.layout import read_layout, write_text
+from bench.geneval.rules import COLORS, RELATIONS, TAGS, Rules, decide, filter_detections
+from bench.geneval.summary import format_summary, read_results, summarize, summary_path, write_summary
+from lightgen.errors import InputError
+
+PACKAGES = ("lightgen-bench", "torch", "torchvision", "transformers", "open_clip_torch", "numpy", "pillow",
+            "mmdet", "mmcv")
+
+
+def validate_metadata(meta: dict, where: str, classes: Collection[str]) -> None:
+    """Reject what the official scorer would silently mis-score: unknown tags, classes, colours."""
+    def check(ok: bool, field: str, expected: str) -> None:
+        if not ok:
+            raise InputError(f"{where}: {field}: expected {expected}")
+
+    check(meta.get("tag") in TAGS, "tag", f"one of {', '.join(TAGS)}, got {meta.get('tag')!r}")
+    include, exclude = meta.get("include"), meta.get("exclude", [])
+    check(isinstance(include, list) and len(include) > 0, "include", "a non-empty list of clauses")
+    check(isinstance(exclude, list), "exclude", "a list of clauses")
+    for key, clauses in (("include", include), ("exclude", exclude)):
+        for i, req in enumerate(clauses):
+            f = f"{key}[{i}]"
+            check(isinstance(req, dict), f, "an object")
+            check(req.get("class") in classes, f + ".class", f"a class of the detector, got {req.get('class')!r}")
+            n = req.get("count")
+            check(isinstance(n, int) and not isinstance(n, bool) and n >= 1, f + ".count", f"an int >= 1, got {n!r}")
+            if "color" in req:
+                check(req["color"] in COLORS, f + ".color", f"one of {', '.join(COLORS)}, got {req['color']!r}")
+            if "position" in req:
+                p = req["position"]
+                check(key == "include" and isinstance(p, list) and len(p) == 2 and p[0] in RELATIONS
+                      and isinstance(p[1], int) and 0 <= p[1] < i, f + ".position",
+                      f"[relation in {', '.join(RELATIONS)}, index of an earlier include clause], got {p!r}")
+
+
+def environment() -> dict:
+    """Package versions and the git commit (with +dirty), for the summary."""
+    versions = {}
+    for p in PACKAGES:
+        try:
+            versions[p] = version(p)
+        except PackageNotFoundError:
+            pass
+    repo = Path(__file__).resolve().parents[2]
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD") or None
+        if commit and git("status", "--porcelain", "--untracked-files=no"):
+            commit += "+dirty"
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"versions": versions, "git_commit": commit}
+
+
+class _Images(torch.utils.data.Dataset):
+    """Decodes like the official scorer (EXIF transpose, RGB); a failure is returned, not raised."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, Image.Image | None, str | None]:
+        try:
+            with Image.open(self.paths[i]) as f:
+                return i, ImageOps.exif_transpose(f).convert("RGB"), None
+        except Exception as e:  # noqa: BLE001 - any undecodable file becomes an error row
+            return i, None, f"{type(e).__name__}: {e}"
+
+
+def _key(filename: str) -> str:
+    """`<folder>/samples/<name>`: independent of how the outdir was spelled."""
+    return "/".join(Path(filename).parts[-3:])
+
+
+def _f32(x: float) -> float:
+    return float(np.float32(x))
+
+
+def colour_requests(meta: dict, kept: dict[str, list[dict]]) -> list[tuple[dict, str]]:
+    """(detection, class) for the top-`count` objects of each colour clause whose count passed:
+    the only objects the official scorer classifies."""
+    out = []
+    for req in meta["include"]:
+        found = kept.get(req["class"], [])[: req["count"]]
+        if "color" in req and len(found) >= req["count"]:
+            out += [(d, req["class"]) for d in found]
+    return out
+
+
+def result_row(meta: dict, path: Path, kept: dict[str, list[dict]] | None, error: str | None,
+               classes: Sequence[str], rules: Rules) -> dict:
+    """One results.jsonl row with the official fields; `details` lists kept boxes in class order."""
+    row = {"filename": str(path), "tag": meta["tag"], "prompt": meta.get("prompt", ""), "correct": False,
+           "reason": f"unreadable image: {error}", "metadata": json.dumps(meta), "details": "{}"}
+    if error is not None:
+        return {**row, "error": error}
+    row["correct"], row["reason"] = decide(meta, kept, rules)
+    row["details"] = json.dumps({c: [[*map(_f32, d["box"][:4]), _f32(d["score"])] for d in kept[c]]
+                                 for c in classes if c in kept})
+    return row
+
+
+@dataclass
+class ScoreRun:
+    summary: dict
+    results: Path
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+
+def score(outdir: str | os.PathLike, detector: Detector, color_classifier: ColorClassifier, *,
+          prompts: Sequence[dict] | None = None, results: str | os.PathLike | None = None, n_samples: int | None = 4,
+          allow_missing: bool = False, batch_size: int = 8, num_workers: int = 2, rules: Rules = Rules(),
+          progress: bool = True) -> ScoreRun:
+    """Score every image under `outdir`; `prompts` (metadata lines) makes a missing folder an error.
+
+    `n_samples`: expected images per prompt (None: any). Both checks are waived by `allow_missing`.
+    """
+    outdir = Path(outdir)
+    results = Path(results) if results else outdir / "results.jsonl"
+    folders = read_layout(outdir)
+    problems = []
+    for f in folders:
+        if f.metadata is None:
+            problems.append(f"{f.path}/metadata.jsonl: missing (unfinished prompt folder)")
+            continue
+        validate_metadata(f.metadata, f"{f.path}/metadata.jsonl", set(detector.classes))
+        if n_samples and len(f.samples) != n_samples:
+            problems.append(f"{f.path}/samples: expected {n_samples} images, found {len(f.samples)}")
+    if prompts is not None:
+        canon = lambda m: json.dumps(m, sort_keys=True)
+        missing = Counter(map(canon, prompts)) - Counter(canon(f.metadata) for f in folders if f.metadata)
+        problems += [f"{outdir}: no prompt folder for {json.loads(m)['prompt']!r}" for m in missing.elements()]
+    if problems and not allow_missing:
+        more = f"\n... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise InputError("\n".join(problems[:10]) + more + "\n(--allow-missing scores what is there)")
+    todo = [(f.metadata, p) for f in folders if f.metadata for p in f.samples]
+    if not todo:
+        raise InputError(f"{outdir}: no images to score")
+
+    scorer = {"detector": detector.name, "checkpoint": detector.checkpoint, "image_size": detector.image_size,
+              "color_classifier": f"{color_classifier.name}:{color_classifier.checkpoint}"}
+    rows = read_results(results) if results.exists() else []
+    for r in rows:
+        if any(r.get(k) != v for k, v in scorer.items()):
+            raise InputError(f"{results}: holds rows scored by {[r.get(k) for k in scorer]}, not "
+                             f"{list(scorer.values())}; pass another --results")
+    rows = [r for r in rows if not r.get("error")]  # error rows are retried
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if results.exists() and results.read_text() != text:  # drop error rows and a torn last line
+        write_text(results, text)
+    done = {_key(r["filename"]) for r in rows}
+    todo = [(m, p) for m, p in todo if _key(str(p)) not in done]
+
+    loader = torch.utils.data.DataLoader(_Images([p for _, p in todo]), batch_size=batch_size,
+                                         num_workers=num_workers, collate_fn=list)
+    timing, start = Counter(), time.perf_counter()
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with results.open("a") as out, tqdm(total=len(todo), desc="geneval-score", disable=not progress) as bar:
+        for batch in loader:
+            good = [(i, im) for i, im, err in batch if err is None]
+            t = time.perf_counter()
+            detections = detector.detect([im for _, im in good]) if good else []
+            timing["detector_s"] += time.perf_counter() - t
+            kept = {i: filter_detections(d, todo[i][0]["tag"], rules) for (i, _), d in zip(good, detections)}
+            requests = [(im, d, cls) for i, im in good for d, cls in colour_requests(todo[i][0], kept[i])]
+            t = time.perf_counter()
+            for (_, d, _), c in zip(requests, color_classifier.classify(requests) if requests else []):
+                d["color"] = c
+            timing["color_s"] += time.perf_counter() - t
+            new = [{**result_row(*todo[i], kept.get(i), err, detector.classes, rules), **scorer} for i, _, err in batch]
+            out.write("".join(json.dumps(r) + "\n" for r in new))
+            out.flush()
+            os.fsync(out.fileno())
+            rows += new
+            bar.update(len(batch))
+    timing["total_s"] = time.perf_counter() - start
+    timing["images"] = len(todo)
+
+    summary = {**summarize(rows), **scorer, "rules": asdict(rules), "outdir": str(outdir), "results": str(results),
+               **environment(), "timing": {**timing, "images_per_s": len(todo) / timing["total_s"] if todo else None}}
+    write_summary(summary, summary_path(results), outdir.name, f"{detector.name}:{detector.checkpoint}")
+    errors = [(r["filename"], r["error"]) for r in rows if r.get("error")]
+    return ScoreRun(summary, results, errors)
+
+
+def report(run: ScoreRun) -> str:
+    """The official-style printout, plus the scorer identity and any unreadable files."""
+    s = run.summary
+    lines = [format_summary(s), f"Detector: {s['detector']} ({s['checkpoint']}, image size {s['image_size']}); "
+             f"colours: {s['color_classifier']}", f"Results: {run.results}"]
+    lines += [f"UNREADABLE: {f}: {e}" for f, e in run.errors]
+    return "\n".join(lines)

@@ -1,0 +1,76 @@
+"""The numbers of GenEval's `summary_scores.py`, plus `summary.json` and a one-row markdown table.
+
+Task score = mean of `correct` over that task's *images*; overall = unweighted mean of the task
+scores (not a mean over images or prompts). Error rows (unreadable images) are left out and counted.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from bench.geneval.layout import write_text
+from bench.geneval.rules import TAGS
+
+
+def read_results(path: str | os.PathLike) -> list[dict]:
+    """Rows of a results.jsonl (ours or the official pandas one); a torn last line is ignored."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def summarize(rows: Iterable[dict]) -> dict[str, Any]:
+    rows = list(rows)
+    good = [r for r in rows if not r.get("error")]
+    by_tag: dict[str, list[bool]] = {}  # first-appearance order, like groupby(sort=False)
+    by_prompt: dict[str, bool] = {}
+    for r in good:
+        by_tag.setdefault(r["tag"], []).append(bool(r["correct"]))
+        by_prompt[r["metadata"]] = by_prompt.get(r["metadata"], False) or bool(r["correct"])
+    tasks = {t: {"score": sum(v) / len(v), "correct": sum(v), "images": len(v)} for t, v in by_tag.items()}
+    return {
+        "overall": sum(t["score"] for t in tasks.values()) / len(tasks) if tasks else float("nan"),
+        "tasks": tasks,
+        "images": len(good),
+        "prompts": len(by_prompt),
+        "correct_images": sum(r["correct"] for r in good) / len(good) if good else float("nan"),
+        "correct_prompts": sum(by_prompt.values()) / len(by_prompt) if by_prompt else float("nan"),
+        "errors": len(rows) - len(good),
+    }
+
+
+def format_summary(s: dict) -> str:
+    lines = ["Summary", "=======", f"Total images: {s['images']}", f"Total prompts: {s['prompts']}",
+             f"% correct images: {s['correct_images']:.2%}", f"% correct prompts: {s['correct_prompts']:.2%}",
+             "", "Task breakdown", "=============="]
+    lines += [f"{t:<16} = {v['score']:.2%} ({v['correct']} / {v['images']})" for t, v in s["tasks"].items()]
+    lines += ["", f"Overall score (avg. over tasks): {s['overall']:.5f}"]
+    if s.get("errors"):
+        lines.append(f"Unreadable images (not scored): {s['errors']}")
+    return "\n".join(lines)
+
+
+def markdown_row(s: dict, name: str, detector: str = "") -> str:
+    """Header + one row: overall, the 6 tasks in GenEval order, images, detector."""
+    tags = [t for t in TAGS if t in s["tasks"]] + [t for t in s["tasks"] if t not in TAGS]
+    head = ["run", "overall", *tags, "images", "detector"]
+    row = [name, f"{s['overall']:.4f}", *(f"{s['tasks'][t]['score']:.4f}" for t in tags), str(s["images"]), detector]
+    return "\n".join("| " + " | ".join(r) + " |" for r in (head, ["---"] * len(head), row)) + "\n"
+
+
+def summary_path(results: str | os.PathLike) -> Path:
+    """`results.jsonl` -> `summary.json` beside it; `x.jsonl` -> `x.summary.json`."""
+    results = Path(results)
+    return results.with_name("summary.json" if results.name == "results.jsonl" else f"{results.stem}.summary.json")
+
+
+def write_summary(s: dict, path: str | os.PathLike, name: str, detector: str = "") -> None:
+    """`path` (.json) and the markdown table beside it (.md)."""
+    write_text(path, json.dumps(s, indent=2) + "\n")
+    write_text(Path(path).with_suffix(".md"), markdown_row(s, name, detector))

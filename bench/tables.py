@@ -1,0 +1,220 @@
+"""Paper-style GenEval tables (our runs beside the LightGen paper's Tables 1-3) and Fig. 6-style curves.
+
+A row is a plain dict keyed by `COLUMNS` (scores under our GenEval tag keys), so the paper's rows
+(`eval_configs/baselines/paper_tables.yaml`) and rows made from our `summary.json` files mix freely.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import pandas as pd
+import yaml
+
+from bench.geneval.layout import EVAL_CONFIGS, atomic_path, write_text
+from lightgen.errors import InputError
+
+PAPER_TABLES = EVAL_CONFIGS / "baselines" / "paper_tables.yaml"
+SCORES = {"single_object": "Single Obj.", "two_object": "Two Obj.", "colors": "Colors", "counting": "Counting",
+          "position": "Position", "color_attr": "Color Attri.", "overall": "Overall"}
+COLUMNS = {"model": "Model", "params": "#Params", "data": "Pre-train Data", **SCORES, "source": "Source"}
+FORMATS = {"md": ".md", "latex": ".tex", "csv": ".csv"}
+_MD = str.maketrans({"|": r"\|"})
+_TEX = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                      "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"})
+
+
+def load_baselines(path: str | os.PathLike = PAPER_TABLES, table: int | None = None) -> list[dict]:
+    """Rows of a baselines file: YAML (`rows:` list) or CSV (field keys or our display column names,
+    so a table written with `--format csv` can serve as the baselines of the next one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: baselines file not found")
+    try:
+        if path.suffix == ".csv":
+            frame = pd.read_csv(path).rename(columns={v: k for k, v in COLUMNS.items()})
+            rows = [{k: v for k, v in r.items() if not pd.isna(v)} for r in frame.to_dict("records")]
+        else:
+            doc = yaml.safe_load(path.read_text())
+            rows = doc.get("rows") if isinstance(doc, dict) else doc
+    except (ValueError, yaml.YAMLError) as e:  # pandas' parser errors are ValueErrors
+        raise InputError(f"{path}: expected YAML rows or a CSV table ({e})") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and r.get("model") for r in rows):
+        raise InputError(f"{path}: expected a list of rows (under `rows:`), each with a `model`")
+    if table is None:
+        return rows
+    picked = [r for r in rows if r.get("table") == table]
+    if not picked:
+        have = sorted({r["table"] for r in rows if "table" in r})
+        raise InputError(f"{path}: no rows for table {table}; expected one of: {', '.join(map(str, have)) or 'none'}")
+    return picked
+
+
+def find_summaries(path: str | os.PathLike) -> list[Path]:
+    """A summary file itself; for a directory its summary.json, else every (*.)summary.json below it
+    (an ablation's output folder, one per grid point)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        found = [path / "summary.json"] if (path / "summary.json").is_file() else sorted(
+            p for p in path.rglob("*summary.json") if p.name == "summary.json" or p.name.endswith(".summary.json"))
+        if found:
+            return found
+        raise InputError(f"{path}: no summary.json in this directory or below")
+    raise InputError(f"{path}: expected a GenEval summary.json or a directory holding one")
+
+
+def _image_side(summary: Mapping) -> int | None:
+    """Side of the first scored image (header read only): the summary records no generation resolution."""
+    from PIL import Image
+    try:
+        with open(summary["results"]) as f:
+            with Image.open(json.loads(f.readline())["filename"]) as im:
+                return im.width if im.width == im.height else None
+    except (KeyError, OSError, ValueError, TypeError):
+        return None
+
+
+def result_row(summary: Mapping, name: str, *, params: str | None = None, data: str | None = None,
+               resolution: int | None = None, source: str | None = None, where: str = "summary") -> dict:
+    """One table row from a GenEval summary (`bench.geneval.summary.summarize` + scorer provenance).
+
+    The default source says how the numbers were obtained: detector, image side and number of images,
+    since our rows differ from the paper's exactly there. `params`/`data` fall back to the summary's keys
+    of those names, for runners that record them. `where` names the input in error messages.
+    """
+    tasks = summary.get("tasks")
+    if not isinstance(tasks, Mapping) or not tasks:
+        raise InputError(f"{where}: `tasks` missing or empty; expected a GenEval summary.json")
+    try:
+        scores = {t: float(tasks[t]["score"]) for t in SCORES if t in tasks}
+        scores["overall"] = float(summary["overall"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{where}: expected `overall` and a numeric `score` per task ({e!r})") from None
+    if source is None:
+        resolution = resolution or summary.get("resolution") or _image_side(summary)
+        detector = f"{summary.get('detector') or 'unknown'} detector"
+        if summary.get("image_size"):
+            detector += f" ({summary['image_size']} px input)"
+        parts = [detector, f"{resolution} px" if resolution else None, f"{summary.get('images', '?')} images"]
+        source = "ours: " + ", ".join(p for p in parts if p)
+    return {"model": name, "params": params or summary.get("params"), "data": data or summary.get("data"),
+            **scores, "source": source}
+
+
+def _default_name(arg: Path, summary: Path) -> str:
+    """`runs/a/summary.json` -> a; `x.summary.json` -> x; inside an ablation folder: the point's subpath."""
+    stem = summary.name.removesuffix("summary.json").rstrip(".")
+    rel = str(summary.parent.relative_to(arg)) if arg.is_dir() and summary.parent != arg else ""
+    return "/".join(p for p in (rel, stem) if p) or summary.parent.resolve().name
+
+
+def load_results(paths: Sequence[str | os.PathLike], names: Sequence[str] = ()) -> list[dict]:
+    """Rows for summary files or directories (see `find_summaries`); default names are folder names."""
+    found = [(Path(p), s) for p in paths for s in find_summaries(p)]
+    if names and len(names) != len(found):
+        raise InputError(f"--name: expected one name per result ({len(found)}: "
+                         f"{', '.join(str(s) for _, s in found)}), got {len(names)}")
+    rows = []
+    for i, (arg, s) in enumerate(found):
+        try:
+            summary = json.loads(s.read_text())
+        except (OSError, ValueError) as e:
+            raise InputError(f"{s}: expected a readable JSON summary ({e})") from None
+        if not isinstance(summary, dict):
+            raise InputError(f"{s}: expected a JSON object (a GenEval summary)")
+        rows.append(result_row(summary, names[i] if names else _default_name(arg, s), where=str(s)))
+    return rows
+
+
+def build_table(rows: Iterable[Mapping]) -> pd.DataFrame:
+    """The paper's columns in its order; scores as floats (NaN where a row has none)."""
+    frame = pd.DataFrame([{k: r.get(k) for k in COLUMNS} for r in rows], columns=list(COLUMNS))
+    frame[list(SCORES)] = frame[list(SCORES)].apply(pd.to_numeric, errors="coerce").astype(float)
+    return frame.rename(columns=COLUMNS)
+
+
+def best_mask(frame: pd.DataFrame, decimals: int = 2) -> pd.DataFrame:
+    """True where a score equals its column's best as printed, so rows that print alike are bolded alike."""
+    scores = frame[[c for c in SCORES.values() if c in frame]].round(decimals)
+    return scores.eq(scores.max())
+
+
+def _cells(frame: pd.DataFrame, decimals: int, na: str, bold: str, escape: dict) -> list[list[str]]:
+    """Printed cells: scores rounded (best ones through the `bold` template), text escaped, gaps as `na`."""
+    best = best_mask(frame, decimals).reindex(columns=frame.columns, fill_value=False)
+
+    def cell(col: str, v, is_best: bool) -> str:
+        if pd.isna(v):
+            return na
+        if col in SCORES.values():
+            return bold.format(f"{v:.{decimals}f}") if is_best else f"{v:.{decimals}f}"
+        return str(v).translate(escape)
+    # positional, not by label: a concatenated frame's index may repeat
+    return [[cell(*c) for c in zip(frame.columns, row, flags, strict=True)]
+            for row, flags in zip(frame.itertuples(index=False), best.itertuples(index=False), strict=True)]
+
+
+def render(frame: pd.DataFrame, fmt: str = "md", decimals: int = 2) -> str:
+    """Markdown or LaTeX (booktabs) with the best per score column in bold; CSV keeps full-precision
+    numbers and no markup, for machines."""
+    numeric = [c in SCORES.values() for c in frame.columns]
+    if fmt == "csv":
+        return frame.to_csv(index=False, lineterminator="\n")
+    if fmt == "md":
+        lines = [[c.translate(_MD) for c in frame.columns], ["---:" if n else "---" for n in numeric],
+                 *_cells(frame, decimals, "–", "**{}**", _MD)]
+        return "".join("| " + " | ".join(line) + " |\n" for line in lines)
+    if fmt == "latex":
+        body = _cells(frame, decimals, "--", r"\textbf{{{}}}", _TEX)
+        spec = "".join("r" if n else "l" for n in numeric)
+        head = " & ".join(c.translate(_TEX) for c in frame.columns)
+        lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", head + r" \\", r"\midrule",
+                 *(" & ".join(r) + r" \\" for r in body), r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    raise InputError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+
+
+def write_table(frame: pd.DataFrame, path: str | os.PathLike, fmt: str | None = None) -> Path:
+    """Atomic write; the format defaults from the suffix (.md, .tex, .csv)."""
+    path = Path(path)
+    fmt = fmt or next((f for f, s in FORMATS.items() if s == path.suffix), None)
+    if fmt is None:
+        raise InputError(f"{path}: expected a .md, .tex or .csv name (or an explicit format)")
+    write_text(path, render(frame, fmt))
+    return path
+
+
+def line_plot(data: pd.DataFrame | pd.Series, x: str | None, ys: Sequence[str] | None, path: str | os.PathLike,
+              title: str = "", xlabel: str | None = None, ylabel: str = "GenEval score", logx: bool = False) -> Path:
+    """Fig. 6-style curves (score vs data scale, diversity, steps, β, ...) to one PNG, written atomically.
+
+    `x` is a column (None: the index); `ys` are columns, tag keys or display names (None: every
+    numeric column). Numeric x is sorted, so points appended as they finish still draw as a curve.
+    """
+    from matplotlib.figure import Figure  # no pyplot: renders with Agg, no global backend state
+
+    frame = data.to_frame(data.name or "score") if isinstance(data, pd.Series) else data
+    xs = frame.index.to_series() if x is None else frame[x]
+    if pd.api.types.is_numeric_dtype(xs):
+        order = xs.argsort(kind="stable").to_numpy()
+        frame, xs = frame.iloc[order], xs.iloc[order]
+    ys = list(ys) if ys is not None else [c for c in frame.select_dtypes("number").columns if c != x]
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    for y in ys:
+        overall = y in ("overall", "Overall")
+        ax.plot(xs.to_numpy(), frame[y].to_numpy(), marker="o", lw=2.5 if overall else 1.5,
+                label=SCORES.get(y, y), zorder=3 if overall else 2)
+    if logx:
+        ax.set_xscale("log")
+    ax.set(title=title, xlabel=xlabel if xlabel is not None else (x or frame.index.name or ""), ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    if len(ys) > 1:
+        ax.legend(fontsize="small")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=150)
+    return Path(path)

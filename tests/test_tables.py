@@ -1,0 +1,108 @@
+import io
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from bench.cli import main
+from bench.tables import (SCORES, build_table, find_summaries, load_baselines, load_results, line_plot, render,
+                          result_row, write_table)
+from lightgen.errors import InputError
+
+TASKS = {"single_object": 1.0, "two_object": 0.7, "counting": 0.25, "colors": 0.9, "position": 0.5, "color_attr": 0.125}
+
+
+def summary(scores=TASKS, **extra) -> dict:
+    tasks = {t: {"score": s, "correct": int(s * 8), "images": 8} for t, s in scores.items()}
+    return {"overall": sum(scores.values()) / len(scores), "tasks": tasks, "images": 48, "prompts": 12,
+            "detector": "testbed", "checkpoint": "classical-v1", "image_size": None, **extra}
+
+
+def write_summary(folder, s=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps(s or summary()))
+    return folder
+
+
+def test_paper_rows_reproduced():
+    t2 = {r["model"]: r for r in load_baselines(table=2)}
+    assert (t2["LightGen (with DPO)"]["overall"], t2["LightGen (with DPO)"]["position"]) == (0.62, 0.22)
+    t1 = {r["model"]: r for r in load_baselines(table=1)}
+    assert t1["SD v1.5"] == {**t1["SD v1.5"], "params": "0.9B", "data": "2B", "single_object": 0.41, "overall": 0.13}
+    assert t1["Flux"]["params"] is None and t1["Flux"]["data"] == "12B"
+    t3 = load_baselines(table=3)
+    assert len(t3) == 11 and all(set(SCORES) & set(r) == {"overall"} for r in t3)
+    assert {r["source"] for r in load_baselines()} == {f"LightGen paper Table {n}" for n in (1, 2, 3)}
+
+
+def test_bold_on_true_max_per_column():
+    rows = load_baselines(table=2) + [result_row(summary(), "ours")]
+    md = render(build_table(rows), "md").splitlines()
+    cells = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in md[2:]}
+    col = {c: i for i, c in enumerate(md[0].split(" | "))}
+    assert cells["ours"][col["Single Obj."]] == "**1.00**"  # beats SD3/LightGen's .99 ...
+    assert cells["SD3"][col["Single Obj."]] == "0.99"       # ... so those lose their bold
+    assert cells["ours"][col["Position"]] == "**0.50**" and cells["SD3"][col["Position"]] == "0.27"
+    assert cells["Flux"][col["Counting"]] == "**0.76**" and cells["ours"][col["Counting"]] == "0.25"
+    assert cells["SD3"][col["Two Obj."]] == "**0.82**" and "".join(md).count("**") == 2 * len(SCORES)
+    tie = build_table([result_row(summary({"position": 0.824}), "a"), result_row(summary({"position": 0.82}), "b")])
+    assert render(tie, "md").count("**0.82**") == 4  # printed alike -> bolded alike (position and overall)
+
+
+def test_latex_booktabs_and_escaping():
+    row = result_row(summary(), "w/ 50% & x_1 #2", params="0.7B", source="ours: {a}~^\\")
+    tex = render(build_table([row]), "latex")
+    assert tex.startswith(r"\begin{tabular}{lllrrrrrrrl}") and r"\toprule" in tex and r"\bottomrule" in tex
+    assert r"\#Params" in tex and r"w/ 50\% \& x\_1 \#2" in tex
+    assert r"ours: \{a\}\textasciitilde{}\textasciicircum{}\textbackslash{}" in tex
+    assert r"\textbf{0.70}" in tex and "-- &" in tex  # a lone row is the best; no data -> "--"
+
+
+def test_csv_round_trip_and_atomic_write(tmp_path):
+    frame = build_table(load_baselines(table=1) + [result_row(summary(), "ours, 32 px")])
+    back = pd.read_csv(io.StringIO(render(frame, "csv")))
+    pd.testing.assert_frame_equal(back, frame, check_dtype=False)
+    assert load_baselines(write_table(frame, tmp_path / "t.csv"))[-1]["color_attr"] == 0.125  # reusable as baselines
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_results_from_files_dirs_and_ablations(tmp_path):
+    img = tmp_path / "img.png"
+    Image.new("RGB", (32, 32)).save(img)
+    (tmp_path / "results.jsonl").write_text(json.dumps({"filename": str(img)}) + "\n")
+    one = write_summary(tmp_path / "run", summary(results=str(tmp_path / "results.jsonl")))
+    for n in ("n1000", "n100"):
+        write_summary(tmp_path / "abl" / n)
+    rows = load_results([one / "summary.json", tmp_path / "abl"])
+    assert [r["model"] for r in rows] == ["run", "n100", "n1000"]
+    assert rows[0]["source"] == "ours: testbed detector, 32 px, 48 images"
+    assert rows[0]["position"] == 0.5 and rows[0]["overall"] == pytest.approx(sum(TASKS.values()) / 6)
+    assert load_results([one], ["mine"])[0]["model"] == "mine"
+    with pytest.raises(InputError, match="one name per result"):
+        load_results([one], ["a", "b"])
+    with pytest.raises(InputError, match="no summary.json"):
+        find_summaries((tmp_path / "empty").mkdir() or tmp_path / "empty")
+
+
+def test_cli_outputs_and_exit_codes(tmp_path):
+    run = write_summary(tmp_path / "run")
+    runner = CliRunner()
+    ok = runner.invoke(main, ["table", str(run), "--paper-table", "2", "--name", "ours", "--format", "latex",
+                              "--output", str(tmp_path / "t.tex")])
+    assert ok.exit_code == 0, ok.output
+    assert "ours & -- & -- & \\textbf{1.00}" in (tmp_path / "t.tex").read_text()
+    (tmp_path / "bad.json").write_text(json.dumps({"overall": 0.5}))
+    for args in (["bad.json"], ["missing.json"], ["--paper-table", "4"], [str(run), "--name", "a", "--name", "b"]):
+        res = runner.invoke(main, ["table", *[str(tmp_path / a) if a.endswith(".json") else a for a in args]])
+        assert res.exit_code == 2 and "expected" in res.output, (args, res.output)
+    assert "Example" in runner.invoke(main, ["table", "--help"]).output
+
+
+def test_line_plot_png(tmp_path):
+    df = pd.DataFrame({"images": [10000, 1000, 100], "overall": [0.6, 0.5, 0.3], "position": [0.2, 0.1, 0.0]})
+    path = line_plot(df, "images", ["overall", "position"], tmp_path / "p" / "scale.png", "Data scale", logx=True)
+    series = line_plot(df.set_index("images")["overall"], None, None, tmp_path / "s.png", "Steps", "step")
+    for p in (path, series):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
