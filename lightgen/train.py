@@ -102,8 +102,6 @@ class TrainConfig:
         cfg.betas = tuple(cfg.betas)
         if cfg.objective not in ("kd", "dpo"):
             raise InputError(f"{source}: objective: expected 'kd' or 'dpo', got {cfg.objective!r}")
-        if cfg.objective == "dpo" and not (cfg.init_from and cfg.loser_cache):
-            raise InputError(f"{source}: DPO needs init_from (the reference model) and loser_cache")
         if cfg.mixed_precision not in ("no", "bf16", "fp16"):
             raise InputError(f"{source}: mixed_precision: expected no|bf16|fp16, got {cfg.mixed_precision!r}")
         if cfg.batch_size < 1 or cfg.steps < 1:
@@ -281,6 +279,8 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
         probe.unlink()
     except OSError as e:
         raise InputError(f"out: {out} is not writable ({e})") from e
+    if cfg.objective == "dpo" and not (cfg.init_from and cfg.loser_cache):
+        raise InputError("DPO needs init_from (the reference model) and loser_cache (the losers' features)")
     config = cfg.model_config()
     resolution = cfg.resolution or config.resolution
     config.grid(resolution, resolution)

@@ -116,7 +116,7 @@ def test_stats_cache_keyed_by_contents_and_npz_sources(tmp_path):
     cached = sorted((tmp_path / "cache").glob("pooled-test_b_native_10_*.npz"))
     assert len(cached) == 1
     assert fid(cached[0], b, model, cache_dir=None)["fid"] == pytest.approx(0, abs=1e-9)
-    assert fid(b, cached[0], model)["n_b"] == 10
+    assert fid(b, cached[0], model, cache_dir=None)["n_b"] == 10
     assert len(list((tmp_path / "cache").iterdir())) == 5  # a, b at 10; a, b at 8; a at 11
 
 

@@ -184,6 +184,7 @@ def test_mask2former_helpers():
     coco = [{"computer mouse": "mouse", "tv remote": "remote", "computer keyboard": "keyboard"}.get(c, c)
             for c in OBJECT_NAMES]
     assert label_names(coco + ["sky"], OBJECT_NAMES) == list(OBJECT_NAMES) + [None]  # panoptic: stuff ignored
+    assert label_names([c.replace(" ", "_") for c in coco], OBJECT_NAMES) == list(OBJECT_NAMES)  # mmdet 3
     with pytest.raises(InputError, match=r"no label for GenEval class\(es\) \['zebra'\]"):
         label_names([c for c in coco if c != "zebra"], OBJECT_NAMES)
     assert label_names([f"LABEL_{i}" for i in range(80)], OBJECT_NAMES) == list(OBJECT_NAMES)
@@ -220,9 +221,15 @@ def test_mmdet_backend_end_to_end():
     pytest.importorskip("mmdet")
     from bench.geneval.detectors import MMDetDetector
 
-    det = MMDetDetector(checkpoint=None, image_size=64, device="cpu")  # random weights
-    out = det.detect([Image.new("RGB", (48, 40), (200, 10, 10))])
-    assert len(out) == 1 and all(d["class"] in OBJECT_NAMES and d["mask"].shape == (40, 48) for d in out[0])
+    det = MMDetDetector(checkpoint=None, image_size=64, device="cpu")  # GenEval's Swin-S config, random weights
+    rng = np.random.default_rng(0)
+    out = det.detect([Image.fromarray(rng.integers(0, 255, (40, 56, 3), np.uint8))])
+    assert len(out) == 1 and len(out[0]) == 100  # top 100 (query, class) pairs, as in mmdet's post-processing
+    for d in out[0]:
+        assert d["class"] in OBJECT_NAMES and 0 <= d["score"] <= 1 and d["mask"].shape == (40, 56)
+        assert d["box"] == mask2bbox(torch.from_numpy(d["mask"])[None])[0].tolist()
+    resize = [s for s in det._model.cfg.test_dataloader.dataset.pipeline if s["type"] == "Resize"]
+    assert [s["scale"] for s in resize] == [(107, 64)]
 
 
 def test_object_crop_protocol():

@@ -12,6 +12,12 @@ from lightgen.errors import InputError
 
 
 class _Group(click.Group):
+    invocation: list[str] = []  # the raw arguments, recorded in every result file
+
+    def main(self, args=None, *a, **kw):
+        _Group.invocation = list(sys.argv[1:] if args is None else args)
+        return super().main(args, *a, **kw)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -33,6 +39,7 @@ def main() -> None:
 from bench.cli import model  # noqa: E402,F401
 from bench.cli import train  # noqa: E402,F401
 from bench.cli import perf  # noqa: E402,F401
+from bench.cli import experiments  # noqa: E402,F401
 from bench.cli import geneval  # noqa: E402,F401
 from bench.cli import testbed  # noqa: E402,F401
 from bench.cli import table  # noqa: E402,F401

@@ -25,7 +25,11 @@ def load_train_config(path: str, overrides: tuple[str, ...] = ()):
     """A TrainConfig from YAML; `model.text_vocab: testbed` means the testbed grammar's vocabulary."""
     from lightgen.train import TrainConfig
 
-    cfg = TrainConfig.from_yaml(path, parse_overrides(overrides))
+    return resolve_vocab(TrainConfig.from_yaml(path, parse_overrides(overrides)))
+
+
+def resolve_vocab(cfg):
+    """`model.text_vocab: testbed` stands for the testbed grammar's vocabulary (lightgen can't import bench)."""
     if cfg.model.get("text_vocab") == "testbed":
         from bench.testbed.captions import vocabulary
         cfg.model = {**cfg.model, "text_vocab": vocabulary()}

@@ -39,11 +39,13 @@ class LightGenGenerator:
     """A LightGen pipeline directory (`lightgen.pipeline.LightGenPipeline`)."""
 
     def __init__(self, path: str, *, steps: int | None = None, guidance: float | None = None,
-                 resolution: int | None = None, device: str | None = None):
+                 resolution: int | None = None, device: str | None = None, temperature: float | None = None):
         from lightgen.pipeline import LightGenPipeline
         self.name = f"lightgen:{path}"
         self.pipe = LightGenPipeline.from_pretrained(path, device=device)
         self.kwargs = sampling_kwargs(steps, guidance, resolution)
+        if temperature is not None:
+            self.kwargs["temperature"] = temperature
 
     def __call__(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
         return self.pipe(prompts, seed=seeds, **self.kwargs)

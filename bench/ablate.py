@@ -1,0 +1,235 @@
+"""`lightgen-bench ablate <kind>`: the paper's ablations (Fig. 6, §5) on the testbed.
+
+Each grid point = distil/reuse data → train (or reuse checkpoints along one run for `steps`) →
+testbed GenEval (+ FID). Points are persisted as they finish (`points/<label>/summary.json`), so a
+rerun skips them. Outputs: table.{md,tex,csv}, plot.png (Fig. 6 style), run.json.
+
+Kinds and what a point varies:
+  data-scale  number of distilled images at a fixed caption pool   (paper Fig. 6a: plateaus)
+  diversity   distinct captions at a fixed number of images       (the paper's central claim)
+  steps       training iterations, at one or more resolutions      (Fig. 6b)
+  resolution  train/evaluate at two resolutions, stage 2 initialised from stage 1
+  dpo         before/after Diffusion-DPO, β sweep
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.experiment import (DataSpec, EvalSpec, argv, cached, check_known, distilled, evaluate, run_record,
+                              run_training, train_config)
+from lightgen.errors import InputError
+from lightgen.train import TrainConfig
+
+KINDS = ("data-scale", "diversity", "steps", "resolution", "dpo")
+
+
+@dataclass
+class AblationConfig:
+    kind: str
+    points: list[Any]  # data-scale: n; diversity: distinct captions; steps: iterations; dpo: β values
+    train_config: str = "eval_configs/train/testbed_kd.yaml"
+    train: dict[str, Any] = field(default_factory=dict)  # overrides of the KD config
+    data: dict[str, Any] = field(default_factory=dict)  # DataSpec fields held fixed
+    eval: dict[str, Any] = field(default_factory=dict)
+    resolutions: list[int] = field(default_factory=lambda: [32])  # steps / resolution kinds
+    stage2_steps: int = 0  # resolution kind: steps of the high-resolution stage
+    dpo_config: str = "eval_configs/train/testbed_dpo.yaml"
+    dpo: dict[str, Any] = field(default_factory=dict)
+    dpo_pairs: int = 1024
+
+    @classmethod
+    def load(cls, path: str | Path, kind: str) -> "AblationConfig":
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise InputError(f"{path}: cannot read the ablation config ({e})") from e
+        raw = check_known({"kind": kind, **raw}, cls, str(path))
+        if raw["kind"] != kind:
+            raise InputError(f"{path}: kind: file is for {raw['kind']!r}, command asked for {kind!r}")
+        if not raw.get("points"):
+            raise InputError(f"{path}: points: expected a non-empty list")
+        return cls(**raw)
+
+
+@dataclass
+class Point:
+    label: str
+    x: Any  # the plotted value
+    data: DataSpec
+    train: TrainConfig | None  # None: a snapshot of another point's run (steps)
+    pipeline: Path | None = None  # set for snapshot points
+    resolution: int = 32
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _train_cfg(ab: AblationConfig, out: Path, **fixed) -> TrainConfig:
+    return train_config(ab.train_config, ab.train, fixed, out=str(out))
+
+
+def plan(ab: AblationConfig, work: Path) -> list[Point]:
+    """The grid points of an ablation, in order."""
+    base = DataSpec(**check_known(ab.data, DataSpec, "data"))
+    points = []
+    if ab.kind in ("data-scale", "diversity"):
+        for v in ab.points:
+            spec = dataclasses.replace(base, **({"n": int(v)} if ab.kind == "data-scale" else {"diversity": int(v)}))
+            label = f"n{spec.n}" if ab.kind == "data-scale" else f"d{spec.diversity}"
+            points.append(Point(label, int(v), spec, _train_cfg(ab, work / "train" / label,
+                                                                 resolution=spec.resolution), resolution=spec.resolution))
+    elif ab.kind == "steps":
+        for res in ab.resolutions:
+            spec = dataclasses.replace(base, resolution=res)
+            run = work / "train" / f"r{res}"
+            cfg = _train_cfg(ab, run, resolution=res, steps=max(ab.points), export_steps=sorted(ab.points))
+            for s in sorted(ab.points):
+                points.append(Point(f"r{res}-s{s}", s, spec, cfg if s == max(ab.points) else None,
+                                    run / "snapshots" / f"step-{s:08d}", res, {"resolution": res}))
+    elif ab.kind == "resolution":
+        low, high = ab.resolutions
+        s1 = int(ab.points[0])
+        stage1 = _train_cfg(ab, work / "train" / f"r{low}", resolution=low, steps=s1)
+        points.append(Point(f"r{low}", low, dataclasses.replace(base, resolution=low), stage1, resolution=low,
+                            extra={"stage": f"{low} px, {s1} steps"}))
+        stage2 = _train_cfg(ab, work / "train" / f"r{high}-from-r{low}", resolution=high, steps=ab.stage2_steps,
+                            init_from=str(Path(stage1.out) / "pipeline"), warmup_steps=0)
+        points.append(Point(f"r{high}-from-r{low}", high, dataclasses.replace(base, resolution=high), stage2,
+                            resolution=high, extra={"stage": f"{high} px, {ab.stage2_steps} steps from the {low} px run"}))
+        scratch = _train_cfg(ab, work / "train" / f"r{high}-scratch", resolution=high, steps=s1 + ab.stage2_steps)
+        points.append(Point(f"r{high}-scratch", high, dataclasses.replace(base, resolution=high), scratch,
+                            resolution=high, extra={"stage": f"{high} px, {s1 + ab.stage2_steps} steps from scratch"}))
+    elif ab.kind == "dpo":
+        kd = _train_cfg(ab, work / "train" / "kd", resolution=base.resolution)
+        points.append(Point("before-dpo", 0.0, base, kd, resolution=base.resolution, extra={"beta": None}))
+        for beta in ab.points:
+            points.append(Point(f"beta{beta:g}", float(beta), base, None, resolution=base.resolution,
+                                extra={"beta": float(beta)}))
+    else:
+        raise InputError(f"kind: expected one of {KINDS}, got {ab.kind!r}")
+    return points
+
+
+def _train_point(p: Point, work: Path, launcher: str | None) -> Path:
+    if launcher == "accelerate":
+        cfg_file = Path(p.train.out) / "train.yaml"
+        cfg_file.parent.mkdir(parents=True, exist_ok=True)
+        cfg_file.write_text(yaml.safe_dump(dataclasses.asdict(p.train)))
+        subprocess.run(["accelerate", "launch", "-m", "bench.cli", "train", "--config", str(cfg_file)], check=True)
+        return Path(p.train.out) / "pipeline"
+    return run_training(p.train)
+
+
+def run_ablation(ab: AblationConfig, output: Path, work: Path, launcher: str | None = None) -> dict:
+    """Run (or resume) every point; write table, plot and run.json into `output`."""
+    started = time.perf_counter()
+    eval_spec = EvalSpec(**check_known(ab.eval, EvalSpec, "eval"))
+    points, results = plan(ab, work), []
+    kd_pipe = None
+    for p in points:
+        done = output / "points" / p.label / "summary.json"
+        if not done.is_file():
+            if p.train is not None:
+                p.train.cache = str(cached(distilled(work, p.data), p.train))
+                pipeline = _train_point(p, work, launcher)
+            elif ab.kind == "dpo":
+                pipeline = _dpo_point(ab, p, kd_pipe, work)
+            else:
+                pipeline = p.pipeline
+            summary = evaluate(pipeline, work / "eval" / p.label, eval_spec)
+            done.parent.mkdir(parents=True, exist_ok=True)
+            done.write_text(json.dumps({**summary, "point": {"label": p.label, "x": p.x, **p.extra,
+                                                             "data": dataclasses.asdict(p.data)}}, indent=2))
+        if ab.kind == "dpo" and p.label == "before-dpo":
+            kd_pipe = Path(p.train.out) / "pipeline"
+        results.append((p, json.loads(done.read_text())))
+    write_outputs(ab, results, output)
+    record = run_record(argv(), dataclasses.asdict(ab), started)
+    (output / "run.json").write_text(json.dumps(record, indent=2, default=str))
+    return {"points": [{"label": p.label, "overall": s["overall"]} for p, s in results]}
+
+
+def _dpo_point(ab: AblationConfig, p: Point, kd_pipe: Path, work: Path) -> Path:
+    from bench.testbed.captions import max_diversity, sample_captions
+    from bench.testbed.teacher import TestbedTeacher
+    from lightgen.dpo import build_pairs
+
+    eval_spec = EvalSpec(**ab.eval)
+    captions = sample_captions(ab.dpo_pairs, p.data.diversity or max_diversity(), p.data.seed + 1)
+    pairs = build_pairs(kd_pipe, work / "pairs", winners=TestbedTeacher(p.resolution), captions=captions,
+                        seed=p.data.seed + 1, steps=eval_spec.steps, cfg=eval_spec.cfg)
+    cfg = train_config(ab.dpo_config, ab.dpo, out=str(work / "train" / p.label), init_from=str(kd_pipe),
+                       dpo_beta=p.extra["beta"], resolution=p.resolution)
+    cfg.cache, cfg.loser_cache = str(cached(pairs / "winner", cfg)), str(cached(pairs / "loser", cfg))
+    return run_training(cfg)
+
+
+def write_outputs(ab: AblationConfig, results: list[tuple[Point, dict]], output: Path) -> None:
+    import pandas as pd
+
+    from bench.tables import build_table, line_plot, result_row, write_table
+
+    rows = [result_row(s, _row_name(ab, p), data=f"{p.data.n:,} renders, {p.data.diversity or 'all'} captions",
+                       resolution=p.resolution, source=f"ours: testbed detector, {p.resolution} px, {s['images']} images")
+            for p, s in results]
+    table = build_table(rows)
+    for ext in ("md", "tex", "csv"):
+        write_table(table, output / f"table.{ext}")
+    frame = pd.DataFrame([{"x": p.x, "series": p.extra.get("resolution", ""), "overall": s["overall"],
+                           "fid": s.get("fid", {}).get("fid"), **{t: v["score"] for t, v in s["tasks"].items()}}
+                          for p, s in results])
+    xlabel = {"data-scale": "distilled images", "diversity": "distinct training captions", "steps": "training steps",
+              "resolution": "resolution (px)", "dpo": "DPO β (0 = before DPO)"}[ab.kind]
+    tags = [c for c in ("overall", "position", "counting", "color_attr") if c in frame]
+    if ab.kind == "steps" and frame["series"].nunique() > 1:
+        wide = frame.pivot_table(index="x", columns="series", values="overall")
+        wide.columns = [f"overall @ {c} px" for c in wide.columns]
+        line_plot(wide.reset_index(), "x", list(wide.columns), output / "plot.png", f"GenEval (testbed) vs {xlabel}",
+                  xlabel=xlabel)
+    else:
+        line_plot(frame, "x", tags, output / "plot.png", f"GenEval (testbed) vs {xlabel}", xlabel=xlabel,
+                  logx=ab.kind in ("data-scale", "diversity"))
+
+
+def _row_name(ab: AblationConfig, p: Point) -> str:
+    if ab.kind == "data-scale":
+        return f"{p.data.n:,} images"
+    if ab.kind == "diversity":
+        return f"{p.data.diversity:,} captions"
+    if ab.kind == "steps":
+        return f"{p.x} steps @ {p.resolution} px"
+    if ab.kind == "resolution":
+        return p.extra.get("stage", p.label)
+    return "before DPO" if p.extra.get("beta") is None else f"DPO β={p.extra['beta']:g}"
+
+
+def describe(ab: AblationConfig, work: Path, seconds_per_step: float) -> str:
+    """--dry-run: the plan and an estimate from a measured training step time."""
+    lines, total = [], 0.0
+    for p in plan(ab, work):
+        steps = p.train.steps if p.train is not None else (ab.dpo.get("steps", 0) if ab.kind == "dpo" else 0)
+        scale = (p.resolution / 32) ** 2
+        total += steps * seconds_per_step * scale
+        lines.append(f"{p.label:>24}: data n={p.data.n} diversity={p.data.diversity or 'all'} "
+                     f"{p.resolution}px, train {steps} steps" + (" (snapshot)" if p.train is None else ""))
+    lines.append(f"estimated training time: {total / 60:.1f} min (measured {seconds_per_step:.2f} s/step at 32 px; "
+                 "plus distillation and evaluation)")
+    return "\n".join(lines)
+
+
+def measured_step_seconds(ab: AblationConfig) -> float:
+    from bench.perf import perf_train
+
+    import torch
+
+    cfg = _train_cfg(ab, Path("unused"))
+    config = cfg.model_config()
+    row = perf_train(config, cfg.batch_size, config.resolution, torch.device("cpu"), iters=2, reference=False)
+    return row["optimised"]["step_s"]
+

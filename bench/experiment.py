@@ -1,0 +1,158 @@
+"""The paper's loop on the testbed, as reusable steps: distil → cache → KD → (pairs → DPO) → evaluate.
+
+Every step writes under a folder named by what determines it and is skipped when already complete,
+so the demo and the ablations resume where they stopped and share data between grid points.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.geneval.layout import TESTBED_PROMPTS, read_prompts
+from lightgen.errors import InputError
+from lightgen.train import TrainConfig, train
+
+
+@dataclass
+class EvalSpec:
+    """How a checkpoint is evaluated: testbed GenEval (+ FID against teacher renders)."""
+
+    n_samples: int = 1  # images per prompt (official GenEval: 4)
+    steps: int = 16  # AR steps
+    cfg: float = 4.0
+    temperature: float = 1.0
+    seed: int = 0
+    limit: int | None = None  # an evenly spaced subset of N prompts, every tag included (smoke runs)
+    fid: bool = True
+
+
+@dataclass
+class DataSpec:
+    n: int = 8000
+    diversity: int | None = None  # distinct captions (default: all the grammar has)
+    resolution: int = 32
+    seed: int = 0
+
+
+def _key(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def distilled(root: Path, spec: DataSpec) -> Path:
+    """Teacher renders of `n` captions drawn from a pool of `diversity` distinct ones."""
+    from bench.testbed.captions import max_diversity, sample_captions
+    from bench.testbed.teacher import TestbedTeacher
+    from lightgen.distill import distill
+
+    diversity = spec.diversity or max_diversity()
+    out = root / f"data-n{spec.n}-d{diversity}-r{spec.resolution}-s{spec.seed}"
+    if not (out / "meta.json").is_file() or not json.loads((out / "meta.json").read_text()).get("complete"):
+        distill(TestbedTeacher(spec.resolution), sample_captions(spec.n, diversity, spec.seed), out, seed=spec.seed,
+                batch_size=256, extra={"diversity": diversity})
+    return out
+
+
+def cached(data: Path, cfg: TrainConfig) -> Path:
+    """The feature cache of `data` for the model/resolution of `cfg` (built once, then reused)."""
+    from lightgen.cache import build_cache, cache_signature
+    from lightgen.codecs import build_codec
+    from lightgen.distill import T2IFolder
+    from lightgen.pipeline import build_text_encoder
+
+    config = cfg.model_config()
+    resolution = cfg.resolution or config.resolution
+    out = data.with_name(f"{data.name}.cache-{_key(cache_signature(config, resolution))}")
+    return build_cache(T2IFolder(data), out, config, build_codec(config), build_text_encoder(config), resolution,
+                       source=str(data))
+
+
+def train_config(base: str, *overrides: dict, **fixed) -> TrainConfig:
+    """A training config file (relative to the repo root) with override layers applied in order."""
+    from bench.cli.train import load_train_config, resolve_vocab
+
+    cfg = load_train_config(str(Path(__file__).resolve().parents[1] / base))
+    merged = dataclasses.asdict(cfg)
+    for layer in (*overrides, fixed):
+        merged.update(layer)
+    return resolve_vocab(TrainConfig.from_dict(merged, base))
+
+
+def run_training(cfg: TrainConfig) -> Path:
+    """Train (resuming if interrupted); a finished run is not retrained."""
+    final = Path(cfg.out) / "pipeline"
+    if (final / "config.json").is_file():
+        return final
+    return train(cfg, resume="auto")
+
+
+def evaluate(pipeline: Path, outdir: Path, spec: EvalSpec, prompts_file: Path = TESTBED_PROMPTS) -> dict:
+    """Testbed GenEval summary (+ FID vs teacher renders of the same prompts and seeds)."""
+    from bench.geneval.colors import get_color_classifier
+    from bench.geneval.detectors import get_detector
+    from bench.geneval.generate import LightGenGenerator, generate
+    from bench.geneval.score import score
+
+    prompts = read_prompts(prompts_file)
+    if spec.limit:
+        prompts = prompts[::-(-len(prompts) // spec.limit)]
+    outdir.mkdir(parents=True, exist_ok=True)
+    summary_file = outdir / "summary.json"
+    if summary_file.is_file():
+        return json.loads(summary_file.read_text())
+    generator = LightGenGenerator(str(pipeline), steps=spec.steps, guidance=spec.cfg, temperature=spec.temperature)
+    t0 = time.perf_counter()
+    generate(generator, prompts, outdir / "images", n_samples=spec.n_samples, batch_size=64, seed=spec.seed)
+    gen_s = time.perf_counter() - t0
+    run = score(outdir / "images", get_detector("testbed"), get_color_classifier("testbed"), prompts=prompts,
+                results=outdir / "results.jsonl", n_samples=spec.n_samples, num_workers=0, progress=False)
+    summary = {**run.summary, "pipeline": str(pipeline), "eval": asdict(spec), "generate_s": gen_s}
+    if spec.fid:
+        summary["fid"] = teacher_fid(outdir / "images", prompts, spec)
+    summary_file.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def teacher_fid(images: Path, prompts: list[dict], spec: EvalSpec) -> dict:
+    """FID (testbed extractor) of generated images against teacher renders of the same prompts."""
+    from bench.fid import fid
+    from bench.geneval.generate import generate
+    from bench.testbed.teacher import TestbedTeacher
+
+    reference = images.parent.parent / f"teacher-{_key([prompts, spec.n_samples, spec.seed])}"  # shared by runs
+    generate(TestbedTeacher(), prompts, reference, n_samples=spec.n_samples, batch_size=256, seed=spec.seed + 1,
+             progress=False)
+    files = lambda root: sorted(str(p) for p in root.glob("*/samples/*.png"))  # noqa: E731
+    return fid(files(images), files(reference), extractor="testbed", cache_dir=None)
+
+
+def run_record(command: list[str], config: dict, started: float) -> dict:
+    """What every results folder records: the command, config, versions, git commit, wall time."""
+    from bench.geneval.score import environment
+
+    return {"command": " ".join(command), "config": config, "wall_s": time.perf_counter() - started,
+            "python": platform.python_version(), "torch_threads": torch.get_num_threads(), **environment()}
+
+
+def argv() -> list[str]:
+    """The `lightgen-bench ...` command line being run (as typed, or as passed to click in-process)."""
+    from bench.cli import _Group
+
+    return ["lightgen-bench", *_Group.invocation]
+
+
+def check_known(section: dict, cls, where: str) -> dict:
+    """Reject keys a dataclass does not have, naming them."""
+    names = set(cls.__dataclass_fields__)
+    unknown = sorted(set(section) - names)
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    return section
+

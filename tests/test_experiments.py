@@ -1,0 +1,95 @@
+"""The product loop: `demo --quick`, an ablation grid with resume, `perf` smoke checks."""
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from bench.cli import main
+
+TINY_MODEL = {"width": 32, "num_heads": 2, "encoder_depth": 1, "decoder_depth": 1, "cross_depth": 1,
+              "text_depth": 1, "diffloss_width": 32, "diffloss_depth": 1}
+
+
+def test_demo_quick_runs_the_whole_loop(tmp_path):
+    result = CliRunner().invoke(main, ["demo", "--quick", "--work", str(tmp_path / "work"),
+                                       "--output", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    compare = json.loads((out / "before_after.json").read_text())
+    assert set(compare) == {"KD (before DPO)", "KD + DPO"}
+    for run in compare.values():
+        assert 0.0 <= run["overall"] <= 1.0 and run["fid"] > 0
+        assert set(run) >= {"single_object", "two_object", "counting", "colors", "position", "color_attr"}
+    table = (out / "table.md").read_text().splitlines()
+    assert table[0].startswith("| Model | #Params | Pre-train Data | Single Obj.") and len(table) == 4
+    record = json.loads((out / "run.json").read_text())
+    assert record["command"].startswith("lightgen-bench demo --quick") and "git_commit" in record
+    assert record["config"]["kd"]["steps"] == 12
+    for name in ("samples.png", "kd_loss.png", "dpo_loss.png", "table.tex", "table.csv"):
+        assert (out / name).stat().st_size > 0
+    # resumable: a second run reuses every finished step
+    again = CliRunner().invoke(main, ["demo", "--quick", "--work", str(tmp_path / "work"),
+                                      "--output", str(tmp_path / "out")])
+    assert again.exit_code == 0 and json.loads((out / "before_after.json").read_text()) == compare
+
+
+def _ablation(tmp_path, kind, **extra):
+    cfg = {"points": [48, 96], "train": {"model": {**TINY_MODEL, "text_vocab": "testbed"}, "steps": 3,
+                                         "batch_size": 16, "save_every": 3, "log_every": 1},
+           "data": {"n": 96}, "eval": {"limit": 6, "steps": 2, "fid": False}, **extra}
+    path = tmp_path / f"{kind}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_ablation_persists_points_and_skips_them_on_rerun(tmp_path):
+    cfg = _ablation(tmp_path, "data-scale")
+    args = ["ablate", "data-scale", "--config", str(cfg), "--work", str(tmp_path / "w"), "--output", str(tmp_path / "o")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "o"
+    points = sorted(p.name for p in (out / "points").iterdir())
+    assert points == ["n48", "n96"]
+    first = {p: json.loads((out / "points" / p / "summary.json").read_text())["overall"] for p in points}
+    assert (out / "plot.png").stat().st_size > 0 and "48 images" in (out / "table.md").read_text()
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["kind"] == "data-scale" and run["config"]["points"] == [48, 96]
+    (tmp_path / "w").rename(tmp_path / "w-moved")  # nothing to recompute: finished points are skipped
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert {p: json.loads((out / "points" / p / "summary.json").read_text())["overall"] for p in points} == first
+
+
+def test_ablation_dry_run_prints_plan_and_estimate(tmp_path):
+    cfg = _ablation(tmp_path, "diversity", data={"n": 96})
+    result = CliRunner().invoke(main, ["ablate", "diversity", "--config", str(cfg), "--dry-run",
+                                       "--work", str(tmp_path / "w")])
+    assert result.exit_code == 0, result.output
+    assert "d48: data n=96 diversity=48" in result.output and "estimated training time" in result.output
+    assert not (tmp_path / "w").exists()
+
+
+def test_ablation_config_errors_name_the_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"points": [1], "colour": "blue"}))
+    result = CliRunner().invoke(main, ["ablate", "steps", "--config", str(path)])
+    assert result.exit_code == 2 and "unknown key(s) ['colour']" in result.output
+
+
+def test_perf_sample_smoke_reports_both_paths(tmp_path):
+    out = tmp_path / "perf.json"
+    result = CliRunner().invoke(main, ["perf", "--what", "sample", "--batch", "2", "--steps", "2", "--iters", "1",
+                                       "--output", str(out), *sum((["--set", f"{k}={v}"] for k, v in TINY_MODEL.items()), [])])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert record["results"]["optimised"]["images_per_call"] == 2 and record["results"]["reference"]["images_per_call"] == 2
+    assert record["results"]["speedup"] > 0 and "git_commit" in record
+
+
+@pytest.mark.parametrize("what", ["train"])
+def test_perf_train_smoke(tmp_path, what):
+    result = CliRunner().invoke(main, ["perf", "--what", what, "--batch", "2", "--iters", "1",
+                                       *sum((["--set", f"{k}={v}"] for k, v in TINY_MODEL.items()), [])])
+    assert result.exit_code == 0, result.output
+    assert "speedup vs reference path" in result.output
