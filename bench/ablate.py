@@ -23,9 +23,9 @@ from typing import Any
 
 import yaml
 
-from bench.experiment import (DataSpec, EvalSpec, argv, cached, check_known, distilled, evaluate, run_record,
-                              run_training, train_config)
-from lightgen.errors import InputError
+from bench.experiment import (DataSpec, EvalSpec, argv, cached, distilled, evaluate, run_record, run_training,
+                              train_config)
+from lightgen.errors import InputError, check_known
 from lightgen.train import TrainConfig
 
 KINDS = ("data-scale", "diversity", "steps", "resolution", "dpo")

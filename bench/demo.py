@@ -12,9 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from bench.experiment import (DataSpec, EvalSpec, argv, cached, check_known, distilled, evaluate, run_record,
-                              run_training, train_config)
-from lightgen.errors import InputError
+from bench.experiment import (DataSpec, EvalSpec, argv, cached, distilled, evaluate, run_record, run_training,
+                              train_config)
+from lightgen.errors import InputError, check_known
 from lightgen.train import TrainConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "eval_configs" / "demo.yaml"

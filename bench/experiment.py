@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from bench.geneval.layout import TESTBED_PROMPTS, read_prompts
-from lightgen.errors import InputError
 from lightgen.train import TrainConfig, train
 
 
@@ -148,11 +147,4 @@ def argv() -> list[str]:
     return ["lightgen-bench", *_Group.invocation]
 
 
-def check_known(section: dict, cls, where: str) -> dict:
-    """Reject keys a dataclass does not have, naming them."""
-    names = set(cls.__dataclass_fields__)
-    unknown = sorted(set(section) - names)
-    if unknown:
-        raise InputError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
-    return section
 

@@ -212,8 +212,10 @@ class LightGen(nn.Module):
             return checkpoint(block, *args, use_reentrant=False)
         return block(*args)
 
-    def _trunk(self, tokens, vis, text: TextContext, pos) -> torch.Tensor:
-        """Encoder (visible tokens only) → decoder (mask tokens elsewhere) → cross stack → z."""
+    def _trunk(self, tokens, vis, text: TextContext, pos, repeat: int = 1) -> torch.Tensor:
+        """Encoder (visible tokens only) → decoder (mask tokens elsewhere) → cross stack → z.
+        `repeat`: the text batch is `repeat`× the token batch (CFG's [cond ‖ uncond]); encoder and
+        decoder never see the text, so they run once and their output is repeated for the cross stack."""
         B, L, _ = tokens.shape
         enc_pos, dec_pos, last_pos = pos
         x = self.z_proj_ln(self.z_proj(tokens) + enc_pos)
@@ -227,6 +229,7 @@ class LightGen(nn.Module):
         for block in self.decoder_blocks:
             x = self._run(block, x)
         x = self.last_embed(self.decoder_norm(x)) + last_pos
+        x = x.repeat(repeat, 1, 1)
         kv = text.kv if text.kv is not None else self.text_kv(text.states)
         for block, block_kv in zip(self.cross_attn_blocks, kv):
             x = self._run(block, x, block_kv)
@@ -310,8 +313,8 @@ class LightGen(nn.Module):
         (text, seed), not on the rest of the batch. `text_states=None` samples unconditionally.
         Inpainting: `init_tokens` (B, L, C) are kept wherever `inpaint_mask` (L,) is False; only the
         masked positions are generated. `cache=False` is the unoptimised reference path (text branch,
-        cross K/V, position tables and the head's condition/time embeddings recomputed at every step),
-        kept to measure and test the optimised path against.
+        cross K/V, position tables and the head's condition/time embeddings recomputed at every step;
+        encoder and decoder run on the doubled CFG batch), kept to measure and test the optimised path.
         """
         c = self.config
         if num_iter < 1:
@@ -355,8 +358,11 @@ class LightGen(nn.Module):
                 continue  # more steps than tokens: nothing to predict this step
             vis = orders[:, n_masked:].sort(1).values
             pred = orders[:, n_next:n_masked].sort(1).values
-            toks, vis2, pred2 = (torch.cat([a, a]) if guided else a for a in (tokens, vis, pred))
-            z = self._trunk(toks, vis2, text, pos)
+            pred2 = torch.cat([pred, pred]) if guided else pred
+            if cache:  # encoder/decoder once for both CFG halves
+                z = self._trunk(tokens, vis, text, pos, repeat=2 if guided else 1)
+            else:  # reference: the official doubled batch
+                z = self._trunk(*((torch.cat([a, a]) if guided else a) for a in (tokens, vis)), text, pos)
             z = z.gather(1, pred2[..., None].expand(-1, -1, z.shape[-1])).flatten(0, 1)
             k = n_masked - n_next
             scale = cfg if cfg_schedule == "constant" else 1 + (cfg - 1) * (L - n_next) / L

@@ -34,7 +34,7 @@ from lightgen.checkpoint import load_into, load_weights, save_weights
 from lightgen.codecs import config_latents
 from lightgen.config import LightGenConfig
 from lightgen.dpo import dpo_loss
-from lightgen.errors import InputError
+from lightgen.errors import InputError, check_known
 from lightgen.mar import LightGen
 from lightgen.pipeline import read_pipeline_config, write_pipeline
 
@@ -94,11 +94,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - names)
-        if unknown:
-            raise InputError(f"{source}: unknown training option(s) {unknown}; known: {sorted(names)}")
-        cfg = cls(**raw)
+        cfg = cls(**check_known(raw, cls, source))
         cfg.betas = tuple(cfg.betas)
         if cfg.objective not in ("kd", "dpo"):
             raise InputError(f"{source}: objective: expected 'kd' or 'dpo', got {cfg.objective!r}")

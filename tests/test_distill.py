@@ -117,33 +117,8 @@ def test_library_does_not_import_bench():
 
 
 @pytest.fixture(scope="module")
-def tiny_pipeline(tmp_path_factory):
-    """A randomly initialised StableDiffusionPipeline built from configs (tokenizer from a toy vocab)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    root = tmp_path_factory.mktemp("sd")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in "abcdefghijklmnopqrstuvwxyz":
-        vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n")
-    torch.manual_seed(0)
-    pipe = StableDiffusionPipeline(
-        unet=UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, cross_attention_dim=16,
-                                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), norm_num_groups=4,
-                                  attention_head_dim=2),
-        vae=AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                          up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4),
-        text_encoder=CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, hidden_size=16, intermediate_size=32,
-                                                  num_attention_heads=2, num_hidden_layers=1, vocab_size=len(vocab),
-                                                  max_position_embeddings=16)),
-        tokenizer=CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=16),
-        scheduler=DDIMScheduler(steps_offset=1, clip_sample=False), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
-    pipe.save_pretrained(root / "pipe")
-    return root / "pipe"
+def tiny_pipeline(tiny_sd_pipeline):
+    return tiny_sd_pipeline
 
 
 @pytest.fixture

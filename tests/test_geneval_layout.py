@@ -101,31 +101,8 @@ def test_accelerate_ranks_split_shards(monkeypatch):
         shard_of((3, 3))
 
 
-def test_diffusers_adapter_on_tiny_random_pipeline(tmp_path):
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in "abcdefghijklmnopqrstuvwxyz":
-        vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
-    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
-    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
-    torch.manual_seed(0)
-    pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
-                          up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, latent_channels=4),
-        text_encoder=CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
-                                                  num_hidden_layers=1, num_attention_heads=2,
-                                                  max_position_embeddings=16)),
-        tokenizer=CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), model_max_length=16),
-        unet=UNet2DConditionModel(sample_size=8, layers_per_block=1, block_out_channels=(8, 16),
-                                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
-                                  attention_head_dim=2, norm_num_groups=4),
-        scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(tmp_path / "pipe")
-    gen = DiffusersGenerator(str(tmp_path / "pipe"), steps=2, resolution=16, device="cpu")  # the hub-id/path route
+def test_diffusers_adapter_on_tiny_random_pipeline(tmp_path, tiny_sd_pipeline):
+    gen = DiffusersGenerator(str(tiny_sd_pipeline), steps=2, resolution=16, device="cpu")  # the hub-id/path route
     generate(gen, PROMPTS[:2], tmp_path / "out", n_samples=2, batch_size=3, seed=1, progress=False)
     first = [pixels(p) for f in read_layout(tmp_path / "out") for p in f.samples]
     assert len(first) == 4 and first[0].shape == (16, 16, 3)

@@ -142,7 +142,7 @@ def test_dpo_with_policy_equal_reference_gives_log2(tmp_path, caches):
 
 
 @pytest.mark.parametrize("raw, match", [
-    ({"bogus_key": 1}, r"unknown training option\(s\) \['bogus_key'\]"),
+    ({"bogus_key": 1}, r"unknown key\(s\) \['bogus_key'\]"),
     ({"mixed_precision": "fp8"}, "mixed_precision"),
 ])
 def test_bad_train_config(tmp_path, raw, match):
