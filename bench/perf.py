@@ -59,6 +59,17 @@ def bf16_is_fast(device: torch.device) -> bool:
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+def cpu_name() -> str:
+    """The CPU model (for result files), e.g. 'Intel(R) Xeon(R) ...'."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _flops(fn: Callable[[], object]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -105,7 +116,6 @@ def perf_train(config: LightGenConfig, batch: int, resolution: int, device: torc
             if peak and fast:
                 row["mfu"] = flops / seconds / (peak * 1e12)
         results[name] = row
-        del opt
     return results
 
 
@@ -171,8 +181,8 @@ def run_perf(preset: str, what: str, batch: int, resolution: int | None, device:
         results["speedup"] = (opt["img_per_s"] / ref["img_per_s"] if "img_per_s" in opt
                               else ref["seconds"] / opt["seconds"])
     record = {"what": what, "preset": preset, "batch": batch, "resolution": res, "device": str(dev),
-              "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or
-              platform.machine(), "torch_threads": torch.get_num_threads(), "sampling_steps": steps,
+              "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
+              "torch_threads": torch.get_num_threads(), "sampling_steps": steps,
               "results": results, **environment()}
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from PIL import Image
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
@@ -34,7 +35,7 @@ def cache_signature(config: LightGenConfig, resolution: int) -> dict:
     return {**{f: getattr(config, f) for f in CACHE_FIELDS}, "resolution": resolution}
 
 
-def build_cache(records: Sequence[tuple["PIL.Image.Image", str]], out: str | Path,  # noqa: F821
+def build_cache(records: Sequence[tuple[Image.Image, str]], out: str | Path,
                 config: LightGenConfig, codec: LatentCodec, text_encoder: TextEncoder, resolution: int,
                 source: str = "", shard_size: int = 4096, batch_size: int = 64) -> Path:
     """Encode (image, caption) records (e.g. a `T2IFolder`) into a cache. Resumable: finished shards are kept; a cache

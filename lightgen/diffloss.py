@@ -12,7 +12,6 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 Randn = Callable[[int], torch.Tensor]  # rows -> (rows, channels) standard normal noise
 

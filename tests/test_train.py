@@ -1,11 +1,9 @@
 """Feature cache, KD / DPO trainers: checkpoints, exact resume after SIGKILL, bad input."""
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,8 +1,6 @@
 """Training commands: feature cache, KD pretraining, DPO pairs and Diffusion-DPO."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 import yaml
 
