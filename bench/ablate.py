@@ -25,6 +25,7 @@ import yaml
 
 from bench.experiment import (DataSpec, EvalSpec, argv, cached, distilled, evaluate, run_record, run_training,
                               train_config)
+from bench.geneval.layout import write_text
 from lightgen.errors import InputError, check_known
 from lightgen.train import TrainConfig
 
@@ -143,15 +144,14 @@ def run_ablation(ab: AblationConfig, output: Path, work: Path, launcher: str | N
             else:
                 pipeline = p.pipeline
             summary = evaluate(pipeline, work / "eval" / p.label, eval_spec)
-            done.parent.mkdir(parents=True, exist_ok=True)
-            done.write_text(json.dumps({**summary, "point": {"label": p.label, "x": p.x, **p.extra,
-                                                             "data": dataclasses.asdict(p.data)}}, indent=2))
+            write_text(done, json.dumps({**summary, "point": {"label": p.label, "x": p.x, **p.extra,
+                                                              "data": dataclasses.asdict(p.data)}}, indent=2))
         if ab.kind == "dpo" and p.label == "before-dpo":
             kd_pipe = Path(p.train.out) / "pipeline"
         results.append((p, json.loads(done.read_text())))
     write_outputs(ab, results, output)
     record = run_record(argv(), dataclasses.asdict(ab), started)
-    (output / "run.json").write_text(json.dumps(record, indent=2, default=str))
+    write_text(output / "run.json", json.dumps(record, indent=2, default=str))
     return {"points": [{"label": p.label, "overall": s["overall"]} for p, s in results]}
 
 

@@ -14,6 +14,7 @@ import yaml
 
 from bench.experiment import (DataSpec, EvalSpec, argv, cached, distilled, evaluate, run_record, run_training,
                               train_config)
+from bench.geneval.layout import write_text
 from lightgen.errors import InputError, check_known
 from lightgen.train import TrainConfig
 
@@ -72,7 +73,7 @@ def run_demo(config: dict, output: Path, work: Path, seed: int = 0) -> dict:
     summary = write_report(output, work, data_spec, {"KD (before DPO)": before, "KD + DPO": after}, kd, dpo)
     record = run_record(argv(), {"demo": config, "kd": dataclasses.asdict(kd), "dpo": dataclasses.asdict(dpo)},
                         started)
-    (output / "run.json").write_text(json.dumps(record, indent=2, default=str))
+    write_text(output / "run.json", json.dumps(record, indent=2, default=str))
     return {**summary, "wall_s": record["wall_s"]}
 
 
@@ -94,7 +95,7 @@ def write_report(output: Path, work: Path, data: DataSpec, runs: dict[str, dict]
         write_table(table, output / f"table.{ext}")
     compare = {name: {"overall": s["overall"], **{t: v["score"] for t, v in s["tasks"].items()},
                       "fid": s.get("fid", {}).get("fid")} for name, s in runs.items()}
-    (output / "before_after.json").write_text(json.dumps(compare, indent=2))
+    write_text(output / "before_after.json", json.dumps(compare, indent=2))
     _grid(output / "samples.png", [work / "eval-kd" / "images", work / "eval-dpo" / "images"])
     for name, cfg in (("kd", kd), ("dpo", dpo)):
         metrics = pd.read_csv(Path(cfg.out) / "metrics.csv")

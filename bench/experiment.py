@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from bench.geneval.layout import TESTBED_PROMPTS, read_prompts
+from bench.geneval.layout import TESTBED_PROMPTS, read_prompts, write_text
 from lightgen.train import TrainConfig, train
 
 
@@ -103,7 +103,7 @@ def evaluate(pipeline: Path, outdir: Path, spec: EvalSpec, prompts_file: Path = 
     if spec.limit:
         prompts = prompts[::-(-len(prompts) // spec.limit)]
     outdir.mkdir(parents=True, exist_ok=True)
-    summary_file = outdir / "summary.json"
+    summary_file = outdir / "evaluation.json"  # written last: its presence means the step is complete
     if summary_file.is_file():
         return json.loads(summary_file.read_text())
     generator = LightGenGenerator(str(pipeline), steps=spec.steps, guidance=spec.cfg, temperature=spec.temperature)
@@ -115,7 +115,7 @@ def evaluate(pipeline: Path, outdir: Path, spec: EvalSpec, prompts_file: Path = 
     summary = {**run.summary, "pipeline": str(pipeline), "eval": asdict(spec), "generate_s": gen_s}
     if spec.fid:
         summary["fid"] = teacher_fid(outdir / "images", prompts, spec)
-    summary_file.write_text(json.dumps(summary, indent=2))
+    write_text(summary_file, json.dumps(summary, indent=2))
     return summary
 
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pickle
 import tempfile
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -18,18 +20,26 @@ from lightgen.errors import InputError
 OFFICIAL_PTH_ALLOWLIST = [argparse.Namespace]
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """Call `write(tmp_path)` then rename over `path`: readers never see a half-written file."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a hidden temporary sibling of `path`; on success it replaces `path` in one rename, so
+    readers never see a half-written file (and dot-names never match a sample or shard pattern)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        write(tmp)
+        yield Path(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
+    """Call `write(tmp_path)` inside `atomic_path(path)`."""
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def save_weights(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:

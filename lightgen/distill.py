@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from lightgen.checkpoint import atomic_write
 from lightgen.errors import InputError
 
 SHARD_SIZE = 1000
@@ -58,10 +59,7 @@ def sample_key(index: int) -> str:
 
 
 def _atomic_write(path: Path, data: bytes | str) -> None:
-    """Write to a hidden temporary name, then rename: readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data.encode() if isinstance(data, str) else data))
 
 
 def _png(image: Image.Image) -> bytes:

@@ -10,16 +10,16 @@ last, so a folder without it is unfinished.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from PIL import Image
 
+from lightgen.checkpoint import atomic_path
 from lightgen.errors import InputError
 
 EVAL_CONFIGS = Path(__file__).resolve().parents[2] / "eval_configs"
@@ -27,19 +27,6 @@ OFFICIAL_PROMPTS = EVAL_CONFIGS / "geneval" / "evaluation_metadata.jsonl"
 TESTBED_PROMPTS = EVAL_CONFIGS / "testbed" / "geneval_testbed.jsonl"
 OBJECT_NAMES = tuple((EVAL_CONFIGS / "geneval" / "object_names.txt").read_text().splitlines())
 SAMPLE_RE = re.compile(r"\d+\.png")  # used with .match: anchored at the start only, as officially
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success it replaces `path` in one rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # dot-first: never matches SAMPLE_RE
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
