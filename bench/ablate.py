@@ -90,8 +90,8 @@ def plan(ab: AblationConfig, work: Path) -> list[Point]:
             spec = dataclasses.replace(base, resolution=res)
             run = work / "train" / f"r{res}"
             cfg = _train_cfg(ab, run, resolution=res, steps=max(ab.points), export_steps=sorted(ab.points))
-            for s in sorted(ab.points):
-                points.append(Point(f"r{res}-s{s}", s, spec, cfg if s == max(ab.points) else None,
+            for s in sorted(ab.points):  # the first point trains the whole run; all read its snapshots
+                points.append(Point(f"r{res}-s{s}", s, spec, cfg if s == min(ab.points) else None,
                                     run / "snapshots" / f"step-{s:08d}", res, {"resolution": res}))
     elif ab.kind == "resolution":
         low, high = ab.resolutions
@@ -138,11 +138,11 @@ def run_ablation(ab: AblationConfig, output: Path, work: Path, launcher: str | N
         if not done.is_file():
             if p.train is not None:
                 p.train.cache = str(cached(distilled(work, p.data), p.train))
-                pipeline = _train_point(p, work, launcher)
-            elif ab.kind == "dpo":
+                trained = _train_point(p, work, launcher)
+            if ab.kind == "dpo" and p.train is None:
                 pipeline = _dpo_point(ab, p, kd_pipe, work)
-            else:
-                pipeline = p.pipeline
+            else:  # snapshot points (steps) read the run trained by the first of them
+                pipeline = p.pipeline or trained
             summary = evaluate(pipeline, work / "eval" / p.label, eval_spec)
             write_text(done, json.dumps({**summary, "point": {"label": p.label, "x": p.x, **p.extra,
                                                               "data": dataclasses.asdict(p.data)}}, indent=2))

@@ -1,5 +1,6 @@
 """The product loop: `demo --quick`, an ablation grid with resume, `perf` smoke checks."""
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -93,3 +94,15 @@ def test_perf_train_smoke(tmp_path, what):
                                        *sum((["--set", f"{k}={v}"] for k, v in TINY_MODEL.items()), [])])
     assert result.exit_code == 0, result.output
     assert "speedup vs reference path" in result.output
+
+
+def test_steps_ablation_evaluates_snapshots_of_one_run(tmp_path):
+    cfg = _ablation(tmp_path, "steps", points=[2, 4])
+    result = CliRunner().invoke(main, ["ablate", "steps", "--config", str(cfg), "--work", str(tmp_path / "w"),
+                                       "--output", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "o" / "points").iterdir()) == ["r32-s2", "r32-s4"]
+    assert [p.name for p in (tmp_path / "w" / "train").iterdir()] == ["r32"]  # one training run
+    pipelines = {json.loads((tmp_path / "o" / "points" / p / "summary.json").read_text())["pipeline"]
+                 for p in ("r32-s2", "r32-s4")}
+    assert {Path(p).name for p in pipelines} == {"step-00000002", "step-00000004"}
