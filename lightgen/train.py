@@ -266,6 +266,7 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
     `resume`: "auto" (latest good checkpoint in `out/checkpoints`, if any), a checkpoint path, or None.
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     out = Path(cfg.out)
     try:
@@ -291,6 +292,7 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
     if len(caches[0]) < cfg.batch_size:
         raise InputError(f"cache: {len(caches[0])} samples is fewer than one batch of {cfg.batch_size}")
 
+    AcceleratorState._reset_state()  # a process may run several trainings with different precisions
     acc = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.trackers or None, project_dir=str(out))
     torch.manual_seed(cfg.seed)
     model = LightGen(config)
