@@ -132,11 +132,11 @@ def test_dpo_with_policy_equal_reference_gives_log2(tmp_path, caches):
     rows = list(csv.DictReader(open(tmp_path / "dpo" / "run" / "metrics.csv")))
     assert float(rows[0]["loss"]) == pytest.approx(np.log(2), abs=1e-6)
     assert float(rows[0]["reward_margin"]) == pytest.approx(0.0, abs=1e-6)
-    cfg.blr, cfg.steps, cfg.out = 1e-2, 6, str(tmp_path / "dpo2")
+    cfg.lr, cfg.steps, cfg.out = 5e-3, 6, str(tmp_path / "dpo2")
     train(cfg)
     rows = list(csv.DictReader(open(tmp_path / "dpo2" / "metrics.csv")))
     assert {"implicit_acc", "reward_margin", "err_w", "err_l"} <= set(rows[0])
-    assert float(rows[-1]["loss"]) != pytest.approx(np.log(2), abs=1e-4)  # the policy moved
+    assert abs(float(rows[-1]["reward_margin"])) > 1e-3  # the policy moved away from the reference
 
 
 @pytest.mark.parametrize("raw, match", [
