@@ -58,9 +58,8 @@ def dpo_loss(model, batch, config: LightGenConfig, reference, cfg) -> tuple[torc
 class PipelineTeacher:
     """A LightGen pipeline behind the distillation `Teacher` protocol (prompts, seeds -> images)."""
 
-    def __init__(self, pipe, **call_kwargs):
-        self.pipe, self.call_kwargs = pipe, call_kwargs
-        self.name = f"lightgen:{pipe.config.preset or 'custom'}"
+    def __init__(self, pipe, name: str, **call_kwargs):
+        self.pipe, self.call_kwargs, self.name = pipe, call_kwargs, name
         self.resolution = call_kwargs.get("height") or pipe.config.resolution
 
     def __call__(self, prompts: list[str], seeds: list[int]):
@@ -88,7 +87,10 @@ def build_pairs(ckpt: str | Path, out: str | Path, winners, captions: list[str] 
         count = n or len(captions)
         distill(winners, captions, out / "winner", n=count, seed=seed)
         captions = [captions[i % len(captions)] for i in range(count)]
-    distill(PipelineTeacher(pipe, num_inference_steps=steps, guidance_scale=cfg), captions, out / "loser",
+    # the name identifies the checkpoint (path + weights mtime): a retrained model never resumes old losers
+    weights = Path(ckpt) / f"{pipe.default_weights}.safetensors"
+    name = f"lightgen:{Path(ckpt).resolve()}@{weights.stat().st_mtime_ns}"
+    distill(PipelineTeacher(pipe, name, num_inference_steps=steps, guidance_scale=cfg), captions, out / "loser",
             n=count, seed=seed)
     return out
 

@@ -106,3 +106,21 @@ def test_steps_ablation_evaluates_snapshots_of_one_run(tmp_path):
     pipelines = {json.loads((tmp_path / "o" / "points" / p / "summary.json").read_text())["pipeline"]
                  for p in ("r32-s2", "r32-s4")}
     assert {Path(p).name for p in pipelines} == {"step-00000002", "step-00000004"}
+
+
+def test_dpo_pairs_from_a_reference_dataset_are_row_aligned(tmp_path):
+    """The official builder: winners = a reference dataset's own images, losers = model samples."""
+    from lightgen.distill import T2IFolder
+
+    work = tmp_path / "work"
+    assert CliRunner().invoke(main, ["demo", "--quick", "--work", str(work), "--output", str(tmp_path / "o")]).exit_code == 0
+    data = next(p for p in work.iterdir() if p.name.startswith("data-") and "cache" not in p.name)
+    result = CliRunner().invoke(main, ["dpo-pairs", "--ckpt", str(work / "kd" / "pipeline"), "--reference", str(data),
+                                       "--out", str(tmp_path / "pairs"), "--n", "4", "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    winners, losers, reference = (T2IFolder(p) for p in (tmp_path / "pairs" / "winner", tmp_path / "pairs" / "loser", data))
+    assert len(winners) == len(losers) == 4
+    assert all(winners.caption(i) == losers.caption(i) == reference.caption(i) for i in range(4))
+    assert winners[2][0].tobytes() == reference[2][0].tobytes()
+    assert CliRunner().invoke(main, ["dpo-pairs", "--ckpt", str(work / "kd" / "pipeline"), "--out", str(tmp_path / "x")]
+                              ).exit_code == 2  # neither --teacher nor --reference
