@@ -36,6 +36,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def writable_dir(path: str | Path, field: str) -> Path:
+    """Create `path` and prove it writable before any long job starts, or raise an InputError."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path / ".write-test"):
+            pass
+    except OSError as e:
+        raise InputError(f"{field}: {path} is not a writable directory ({e.strerror or e})") from None
+    return path
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     """Call `write(tmp_path)` inside `atomic_path(path)`."""
     with atomic_path(path) as tmp:

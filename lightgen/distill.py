@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from lightgen.checkpoint import atomic_write
+from lightgen.checkpoint import atomic_write, writable_dir
 from lightgen.errors import InputError
 
 SHARD_SIZE = 1000
@@ -104,14 +104,7 @@ def distill(teacher: Teacher, captions: Iterable[str], out_dir: str | os.PathLik
     n = len(captions) if n is None else n
     if n < 1 or batch_size < 1:
         raise InputError(f"n, batch_size: expected >= 1, got {n}, {batch_size}")
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise InputError(f"{out}: expected a writable directory ({e.strerror})") from None
+    out = writable_dir(out_dir, "out")
     meta = {"teacher": teacher.name, "resolution": getattr(teacher, "resolution", None), "seed": seed,
             "captions": len(captions), "captions_sha256": hashlib.sha256("\n".join(captions).encode()).hexdigest(),
             **(extra or {})}

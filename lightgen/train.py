@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from lightgen.cache import FeatureCache
-from lightgen.checkpoint import load_into, load_weights, save_weights
+from lightgen.checkpoint import load_into, load_weights, save_weights, writable_dir
 from lightgen.codecs import config_latents
 from lightgen.config import LightGenConfig
 from lightgen.dpo import dpo_loss
@@ -268,14 +268,7 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    out = Path(cfg.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise InputError(f"out: {out} is not writable ({e})") from e
+    out = writable_dir(cfg.out, "out")
     if cfg.objective == "dpo" and not (cfg.init_from and cfg.loser_cache):
         raise InputError("DPO needs init_from (the reference model) and loser_cache (the losers' features)")
     config = cfg.model_config()

@@ -90,10 +90,13 @@ def test_perf_sample_smoke_reports_both_paths(tmp_path):
 
 @pytest.mark.parametrize("what", ["train"])
 def test_perf_train_smoke(tmp_path, what):
-    result = CliRunner().invoke(main, ["perf", "--what", what, "--batch", "2", "--iters", "1",
+    out = tmp_path / "perf.json"
+    result = CliRunner().invoke(main, ["perf", "--what", what, "--batch", "2", "--iters", "1", "--output", str(out),
                                        *sum((["--set", f"{k}={v}"] for k, v in TINY_MODEL.items()), [])])
     assert result.exit_code == 0, result.output
-    assert "speedup vs reference path" in result.output
+    res = json.loads(out.read_text())["results"]
+    assert res["reference"]["precision"] == "fp32" and res["optimised"]["step_s"] > 0
+    assert res["speedup"] == pytest.approx(res["optimised"]["img_per_s"] / res["reference"]["img_per_s"])
 
 
 def test_steps_ablation_evaluates_snapshots_of_one_run(tmp_path):

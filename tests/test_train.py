@@ -165,7 +165,7 @@ def test_bad_inputs_fail_before_training(tmp_path, caches):
     if os.access(ro, os.W_OK):  # root ignores permissions: use a path under a file instead
         (tmp_path / "file").write_text("x")
         ro = tmp_path / "file" / "sub"
-    with pytest.raises(InputError, match="not writable"):
+    with pytest.raises(InputError, match="not a writable directory"):
         train(TrainConfig(model=MODEL, cache=str(caches[0]), out=str(ro / "run")))
     other = _cfg(tmp_path / "other", caches[0])
     other.steps = 2
