@@ -13,7 +13,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-Randn = Callable[[int], torch.Tensor]  # rows -> (rows, channels) standard normal noise
+# draws -> (draws, rows, channels) standard normal noise: all of one sampling call's noise at once, so
+# per-image generators cost one random call per image and AR step, not one per diffusion step
+Randn = Callable[[int], torch.Tensor]
 
 
 # ----------------------------------------------------------------------------------------- network
@@ -216,7 +218,8 @@ class GaussianDiffusion:
         per step; the shared input projection of both CFG halves); `fast=False` is the reference."""
         guided = cfg is not None
         n = c.shape[0] // 2 if guided else c.shape[0]
-        x = randn(n)
+        noise = randn(self.num_steps)  # [0]: x_T; [j]: the noise added by the j-th step
+        x = noise[0]
         steps = self.timestep_map.to(c.device)
         cond = net.cond_embed(c) if fast else None
         for i in reversed(range(self.num_steps)):
@@ -232,7 +235,7 @@ class GaussianDiffusion:
                 eps_c, eps_u = eps.chunk(2)
                 eps, v = eps_u + cfg * (eps_c - eps_u), v[:n]
             mean, lv = self.p_mean_logvar(eps, v, x, t)
-            x = mean if i == 0 else mean + torch.exp(0.5 * lv) * randn(n) * temperature
+            x = mean if i == 0 else mean + torch.exp(0.5 * lv) * noise[self.num_steps - i] * temperature
         return x
 
 

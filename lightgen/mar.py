@@ -366,8 +366,8 @@ class LightGen(nn.Module):
             z = z.gather(1, pred2[..., None].expand(-1, -1, z.shape[-1])).flatten(0, 1)
             k = n_masked - n_next
             scale = cfg if cfg_schedule == "constant" else 1 + (cfg - 1) * (L - n_next) / L
-            randn = lambda n: torch.cat([torch.randn(k, c.token_dim, generator=g, device=g.device)  # noqa: E731
-                                         for g in generators]).to(device)
+            randn = lambda draws: torch.cat([torch.randn(draws, k, c.token_dim, generator=g, device=g.device)  # noqa: E731
+                                             for g in generators], dim=1).to(device)
             sampled = self.diffloss.sample(z, randn, scale if guided else None, temperature, fast=cache)
             tokens = tokens.scatter(1, pred[..., None].expand(-1, -1, c.token_dim), sampled.view(B, k, -1))
             n_masked = n_next
