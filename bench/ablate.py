@@ -27,6 +27,7 @@ from bench.experiment import (DataSpec, EvalSpec, argv, cached, distilled, evalu
                               train_config)
 from bench.geneval.layout import write_text
 from lightgen.errors import InputError, check_known
+from lightgen.probe import probe_pipeline
 from lightgen.train import TrainConfig
 
 KINDS = ("data-scale", "diversity", "steps", "resolution", "dpo")
@@ -132,18 +133,20 @@ def run_ablation(ab: AblationConfig, output: Path, work: Path, launcher: str | N
     started = time.perf_counter()
     eval_spec = EvalSpec(**check_known(ab.eval, EvalSpec, "eval"))
     points, results = plan(ab, work), []
-    kd_pipe = None
+    kd_pipe, run = None, None
     for p in points:
+        run = p if p.train is not None else run  # the training run this point reads (snapshots, DPO)
         done = output / "points" / p.label / "summary.json"
         if not done.is_file():
+            run.train.cache = str(cached(distilled(work, run.data), run.train))
             if p.train is not None:
-                p.train.cache = str(cached(distilled(work, p.data), p.train))
                 trained = _train_point(p, work, launcher)
             if ab.kind == "dpo" and p.train is None:
                 pipeline = _dpo_point(ab, p, kd_pipe, work)
             else:  # snapshot points (steps) read the run trained by the first of them
                 pipeline = p.pipeline or trained
             summary = evaluate(pipeline, work / "eval" / p.label, eval_spec)
+            summary["probe"] = probe_pipeline(pipeline, run.train.cache).to_dict()  # on the KD training data
             write_text(done, json.dumps({**summary, "point": {"label": p.label, "x": p.x, **p.extra,
                                                               "data": dataclasses.asdict(p.data)}}, indent=2))
         if ab.kind == "dpo" and p.label == "before-dpo":
@@ -195,6 +198,12 @@ def write_outputs(ab: AblationConfig, results: list[tuple[Point, dict]], output:
     else:
         line_plot(frame, "x", tags, output / "plot.png", f"GenEval (testbed) vs {xlabel}", xlabel=xlabel,
                   logx=ab.kind in ("data-scale", "diversity"))
+    probed = pd.DataFrame([{"x": p.x, **s["probe"]} for p, s in results if "probe" in s])
+    if len(probed):
+        write_text(output / "probe.csv", probed.to_csv(index=False))
+        line_plot(probed, "x", ["context_gain", "text_gain"], output / "probe.png",
+                  "What the model uses: loss increase without it (lightgen.probe)", xlabel=xlabel,
+                  ylabel="masked-token ε-MSE increase", logx=ab.kind in ("data-scale", "diversity"), symlogy=1e-7)
 
 
 def _row_name(ab: AblationConfig, p: Point) -> str:

@@ -189,11 +189,13 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike, fmt: str | None = 
 
 
 def line_plot(data: pd.DataFrame | pd.Series, x: str | None, ys: Sequence[str] | None, path: str | os.PathLike,
-              title: str = "", xlabel: str | None = None, ylabel: str = "GenEval score", logx: bool = False) -> Path:
+              title: str = "", xlabel: str | None = None, ylabel: str = "GenEval score", logx: bool = False,
+              symlogy: float | None = None) -> Path:
     """Fig. 6-style curves (score vs data scale, diversity, steps, β, ...) to one PNG, written atomically.
 
     `x` is a column (None: the index); `ys` are columns, tag keys or display names (None: every
     numeric column). Numeric x is sorted, so points appended as they finish still draw as a curve.
+    `symlogy`: symmetric-log y axis, linear within ± this value (quantities spanning decades, any sign).
     """
     from matplotlib.figure import Figure  # no pyplot: renders with Agg, no global backend state
 
@@ -211,6 +213,8 @@ def line_plot(data: pd.DataFrame | pd.Series, x: str | None, ys: Sequence[str] |
                 label=SCORES.get(y, y), zorder=3 if overall else 2)
     if logx:
         ax.set_xscale("log")
+    if symlogy:
+        ax.set_yscale("symlog", linthresh=symlogy)
     ax.set(title=title, xlabel=xlabel if xlabel is not None else (x or frame.index.name or ""), ylabel=ylabel)
     ax.grid(alpha=0.3)
     if len(ys) > 1:

@@ -2,6 +2,8 @@
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -109,6 +111,14 @@ def test_steps_ablation_evaluates_snapshots_of_one_run(tmp_path):
     pipelines = {json.loads((tmp_path / "o" / "points" / p / "summary.json").read_text())["pipeline"]
                  for p in ("r32-s2", "r32-s4")}
     assert {Path(p).name for p in pipelines} == {"step-00000002", "step-00000004"}
+    probe = pd.read_csv(tmp_path / "o" / "probe.csv")  # what each snapshot uses, on its training cache
+    assert list(probe["x"]) == [2, 4] and np.isfinite(probe[["loss", "context_gain", "text_gain"]].to_numpy()).all()
+    assert (tmp_path / "o" / "probe.png").stat().st_size > 0
+    (tmp_path / "o" / "points" / "r32-s4" / "summary.json").unlink()  # a snapshot point left to redo, run done
+    again = CliRunner().invoke(main, ["ablate", "steps", "--config", str(cfg), "--work", str(tmp_path / "w"),
+                                      "--output", str(tmp_path / "o")])
+    assert again.exit_code == 0, again.output
+    assert pd.read_csv(tmp_path / "o" / "probe.csv").equals(probe)
 
 
 def test_dpo_pairs_from_a_reference_dataset_are_row_aligned(tmp_path):

@@ -134,6 +134,28 @@ def dpo_pairs(ckpt, teacher, captions, reference, out, n, steps, cfg, seed, devi
     click.echo(f"pairs written to {path} (winner/ and loser/)")
 
 
+@main.command(epilog="""\b
+Example:
+  lightgen-bench probe runs/demo/kd/pipeline --cache runs/demo/data-n16000-d36780-r32-s0.cache-a3d2b926e6
+""")
+@click.argument("ckpt", type=click.Path(exists=True, file_okay=False))
+@click.option("--cache", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Feature cache of the model's training data.")
+@click.option("--n", default=256, show_default=True, help="Images probed.")
+@click.option("--masked", default=0.5, show_default=True, help="Fraction of tokens masked.")
+@click.option("--weights", type=click.Choice(["model", "model_ema"]), default=None)
+def probe(ckpt, cache, n, masked, weights):
+    """How much the model uses the visible tokens (context) and the caption (text): loss increase
+    when each is replaced. A context gain near 0 means tokens are sampled independently."""
+    import json
+
+    from lightgen.probe import probe_pipeline
+
+    if not 0 < masked < 1:
+        raise InputError(f"--masked: expected a fraction in (0, 1), got {masked}")
+    click.echo(json.dumps(probe_pipeline(ckpt, cache, n, masked, weights).to_dict(), indent=2))
+
+
 def _teacher(name: str, ckpt: str):
     """Winner renderer at the model's resolution."""
     if name == "testbed":
