@@ -46,8 +46,8 @@ def probe(model: LightGen, latents: torch.Tensor, text_states: torch.Tensor, mas
     t = torch.randint(0, 1000, (rows,), generator=g).to(latents.device)
     noise = torch.randn(rows, model.config.token_dim, generator=g).to(latents.device)
     masked = torch.zeros(B, L, dtype=torch.bool, device=x.device).scatter(1, orders[:, :n_mask], True)
-    rows_, cols = latents.shape[-2] // model.config.patch_size, latents.shape[-1] // model.config.patch_size
-    other = model.unpatchify(torch.where(masked[..., None], x, x.roll(1, 0)), rows_, cols)
+    grid = (latents.shape[-2] // model.config.patch_size, latents.shape[-1] // model.config.patch_size)
+    other = model.unpatchify(torch.where(masked[..., None], x, x.roll(1, 0)), *grid)
     keep, drop = torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)
 
     def loss(lat, dropped):
@@ -64,15 +64,17 @@ def probe_pipeline(path, cache, n: int = 256, masked_fraction: float = 0.5, weig
                    seed: int = 0) -> ProbeResult:
     """`probe` of a pipeline directory on `n` evenly spaced rows of a feature cache it was trained on."""
     from lightgen.cache import FeatureCache
-    from lightgen.checkpoint import load_weights
-    from lightgen.codecs import config_latents
-    from lightgen.pipeline import read_pipeline_config
+    from lightgen.checkpoint import load_into
+    from lightgen.codecs import normalize_moments
+    from lightgen.train import load_init
 
-    config, meta = read_pipeline_config(path)
+    config, state = load_init(path, weights)
     features = FeatureCache(cache, config)
     rows = [round(i * (len(features) - 1) / max(1, n - 1)) for i in range(min(n, len(features)))]
     samples = [features[r] for r in rows]
     model = LightGen(config)
-    model.load_state_dict(load_weights(f"{path}/{weights or meta.get('default_weights', 'model_ema')}.safetensors"))
-    latents = config_latents(torch.stack([s.moments for s in samples]), config)
+    load_into(model, state, f"{path}")
+    # the posterior sample (VAE codecs) is seeded too, so a probe is reproducible
+    latents = normalize_moments(torch.stack([s.moments for s in samples]), config.scaling_factor, config.shift_factor,
+                                sample=config.codec != "pixel", generator=torch.Generator().manual_seed(seed))
     return probe(model, latents, torch.stack([s.text for s in samples]), masked_fraction, seed)
