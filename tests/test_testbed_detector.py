@@ -43,6 +43,21 @@ def test_blank_and_noise_images_fail():
         assert geneval(rows, images)["overall"] <= 0.05, name
 
 
+@pytest.mark.parametrize("density", [0.2, 0.4, 0.7])
+def test_token_mosaics_fail(density):
+    """What an undertrained 4-px-token model draws: random palette blocks. Single blocks are not
+    objects and a block among other blocks is not isolated (classical-v1 scored these 0.06-0.08)."""
+    rows, rng = eval_prompts(), np.random.default_rng(1)
+    palette = np.asarray(list(COLOURS.values()), np.float32)
+    images = []
+    for _ in rows:
+        grid = np.full((8, 8, 3), 128, np.float32)
+        on = rng.random((8, 8)) < density
+        grid[on] = palette[rng.integers(0, len(palette), on.sum())]
+        images.append(Image.fromarray(np.kron(grid, np.ones((4, 4, 1))).astype(np.uint8)))
+    assert geneval(rows, images)["overall"] <= 0.04, density
+
+
 def _scenes(n: int, seed: int = 1):
     rng = np.random.default_rng(seed)
     for i in range(n):
