@@ -16,6 +16,7 @@ from bench.experiment import (DataSpec, EvalSpec, argv, cached, distilled, evalu
                               train_config)
 from bench.geneval.layout import write_text
 from lightgen.errors import InputError, check_known
+from lightgen.probe import probe_pipeline
 from lightgen.train import TrainConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "eval_configs" / "demo.yaml"
@@ -69,6 +70,8 @@ def run_demo(config: dict, output: Path, work: Path, seed: int = 0) -> dict:
     dpo.cache, dpo.loser_cache = str(cached(pairs / "winner", dpo)), str(cached(pairs / "loser", dpo))
     dpo_pipe = run_training(dpo)
     after = evaluate(dpo_pipe, work / "eval-dpo", eval_spec)
+    for summary, pipe in ((before, kd_pipe), (after, dpo_pipe)):  # what each model uses, on the KD data
+        summary["probe"] = probe_pipeline(pipe, kd.cache).to_dict()
 
     summary = write_report(output, work, data_spec, {"KD (before DPO)": before, "KD + DPO": after}, kd, dpo)
     record = run_record(argv(), {"demo": config, "kd": dataclasses.asdict(kd), "dpo": dataclasses.asdict(dpo)},
@@ -94,7 +97,9 @@ def write_report(output: Path, work: Path, data: DataSpec, runs: dict[str, dict]
     for ext in ("md", "tex", "csv"):
         write_table(table, output / f"table.{ext}")
     compare = {name: {"overall": s["overall"], **{t: v["score"] for t, v in s["tasks"].items()},
-                      "fid": s.get("fid", {}).get("fid")} for name, s in runs.items()}
+                      "fid": s.get("fid", {}).get("fid"),
+                      **{k: s["probe"][k] for k in ("context_gain", "text_gain") if "probe" in s}}
+               for name, s in runs.items()}
     write_text(output / "before_after.json", json.dumps(compare, indent=2))
     _grid(output / "samples.png", [work / "eval-kd" / "images", work / "eval-dpo" / "images"])
     for name, cfg in (("kd", kd), ("dpo", dpo)):

@@ -23,6 +23,7 @@ def test_demo_quick_runs_the_whole_loop(tmp_path):
     assert set(compare) == {"KD (before DPO)", "KD + DPO"}
     for run in compare.values():
         assert 0.0 <= run["overall"] <= 1.0 and run["fid"] > 0
+        assert isinstance(run["context_gain"], float) and isinstance(run["text_gain"], float)  # lightgen.probe
         assert set(run) >= {"single_object", "two_object", "counting", "colors", "position", "color_attr"}
     table = (out / "table.md").read_text().splitlines()
     assert table[0].startswith("| Model | #Params | Pre-train Data | Single Obj.") and len(table) == 4
