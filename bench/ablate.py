@@ -10,6 +10,7 @@ Kinds and what a point varies:
   steps       training iterations, at one or more resolutions      (Fig. 6b)
   resolution  train/evaluate at two resolutions, stage 2 initialised from stage 1
   dpo         before/after Diffusion-DPO, β sweep
+  guidance    CFG scale at sampling time, all points on one trained model
 """
 from __future__ import annotations
 
@@ -30,13 +31,14 @@ from lightgen.errors import InputError, check_known
 from lightgen.probe import probe_pipeline
 from lightgen.train import TrainConfig
 
-KINDS = ("data-scale", "diversity", "steps", "resolution", "dpo")
+KINDS = ("data-scale", "diversity", "steps", "resolution", "dpo", "guidance")
 
 
 @dataclass
 class AblationConfig:
     kind: str
-    points: list[Any]  # data-scale: n; diversity: distinct captions; steps: iterations; dpo: β values
+    points: list[Any]  # data-scale: n; diversity: distinct captions; steps: iterations; dpo: β values;
+    # guidance: CFG scales
     train_config: str = "eval_configs/train/testbed_kd.yaml"
     train: dict[str, Any] = field(default_factory=dict)  # overrides of the KD config
     data: dict[str, Any] = field(default_factory=dict)  # DataSpec fields held fixed
@@ -113,6 +115,11 @@ def plan(ab: AblationConfig, work: Path) -> list[Point]:
         for beta in ab.points:
             points.append(Point(f"beta{beta:g}", float(beta), base, None, resolution=base.resolution,
                                 extra={"beta": float(beta)}))
+    elif ab.kind == "guidance":
+        run = _train_cfg(ab, work / "train" / "kd", resolution=base.resolution)
+        for i, g in enumerate(ab.points):  # the first point trains; all evaluate its final pipeline
+            points.append(Point(f"cfg{float(g):g}", float(g), base, run if i == 0 else None,
+                                Path(run.out) / "pipeline", base.resolution, {"cfg": float(g)}))
     else:
         raise InputError(f"kind: expected one of {KINDS}, got {ab.kind!r}")
     return points
@@ -143,9 +150,10 @@ def run_ablation(ab: AblationConfig, output: Path, work: Path, launcher: str | N
                 trained = _train_point(p, work, launcher)
             if ab.kind == "dpo" and p.train is None:
                 pipeline = _dpo_point(ab, p, kd_pipe, work)
-            else:  # snapshot points (steps) read the run trained by the first of them
+            else:  # snapshot points (steps, guidance) read the run trained by the first of them
                 pipeline = p.pipeline or trained
-            summary = evaluate(pipeline, work / "eval" / p.label, eval_spec)
+            spec = dataclasses.replace(eval_spec, cfg=p.extra["cfg"]) if "cfg" in p.extra else eval_spec
+            summary = evaluate(pipeline, work / "eval" / p.label, spec)
             summary["probe"] = probe_pipeline(pipeline, run.train.cache).to_dict()  # on the KD training data
             write_text(done, json.dumps({**summary, "point": {"label": p.label, "x": p.x, **p.extra,
                                                               "data": dataclasses.asdict(p.data)}}, indent=2))
@@ -188,7 +196,7 @@ def write_outputs(ab: AblationConfig, results: list[tuple[Point, dict]], output:
                            "fid": s.get("fid", {}).get("fid"), **{t: v["score"] for t, v in s["tasks"].items()}}
                           for p, s in results])
     xlabel = {"data-scale": "distilled images", "diversity": "distinct training captions", "steps": "training steps",
-              "resolution": "resolution (px)", "dpo": "DPO β (0 = before DPO)"}[ab.kind]
+              "resolution": "resolution (px)", "dpo": "DPO β (0 = before DPO)", "guidance": "CFG scale"}[ab.kind]
     tags = [c for c in ("overall", "position", "counting", "color_attr") if c in frame]
     if ab.kind == "steps" and frame["series"].nunique() > 1:
         wide = frame.pivot_table(index="x", columns="series", values="overall")
@@ -215,6 +223,8 @@ def _row_name(ab: AblationConfig, p: Point) -> str:
         return f"{p.x} steps @ {p.resolution} px"
     if ab.kind == "resolution":
         return p.extra.get("stage", p.label)
+    if ab.kind == "guidance":
+        return f"CFG {p.x:g}"
     return "before DPO" if p.extra.get("beta") is None else f"DPO β={p.extra['beta']:g}"
 
 

@@ -122,6 +122,18 @@ def test_steps_ablation_evaluates_snapshots_of_one_run(tmp_path):
     assert pd.read_csv(tmp_path / "o" / "probe.csv").equals(probe)
 
 
+def test_guidance_ablation_samples_one_model_at_each_scale(tmp_path):
+    cfg = _ablation(tmp_path, "guidance", points=[1, 3])
+    result = CliRunner().invoke(main, ["ablate", "guidance", "--config", str(cfg), "--work", str(tmp_path / "w"),
+                                       "--output", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (tmp_path / "w" / "train").iterdir()] == ["kd"]  # one training run
+    summaries = [json.loads((tmp_path / "o" / "points" / p / "summary.json").read_text()) for p in ("cfg1", "cfg3")]
+    assert [s["eval"]["cfg"] for s in summaries] == [1.0, 3.0]
+    assert len({s["pipeline"] for s in summaries}) == 1
+    assert "CFG 3" in (tmp_path / "o" / "table.md").read_text()
+
+
 def test_dpo_pairs_from_a_reference_dataset_are_row_aligned(tmp_path):
     """The official builder: winners = a reference dataset's own images, losers = model samples."""
     from lightgen.distill import T2IFolder

@@ -44,8 +44,9 @@ Examples:
   lightgen-bench ablate data-scale --config eval_configs/ablations/data-scale.yaml
   lightgen-bench ablate diversity --config eval_configs/ablations/diversity.yaml --dry-run
   lightgen-bench ablate steps --config eval_configs/ablations/steps.yaml --launcher accelerate
+  lightgen-bench ablate guidance --threads 1
 """)
-@click.argument("kind", type=click.Choice(["data-scale", "diversity", "steps", "resolution", "dpo"]))
+@click.argument("kind", type=click.Choice(["data-scale", "diversity", "steps", "resolution", "dpo", "guidance"]))
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Ablation config (default: eval_configs/ablations/KIND.yaml).")
 @click.option("--output", default=None, help="Results folder (default: results/testbed/KIND).")
