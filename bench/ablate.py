@@ -140,7 +140,7 @@ def run_ablation(ab: AblationConfig, output: Path, work: Path, launcher: str | N
     started = time.perf_counter()
     eval_spec = EvalSpec(**check_known(ab.eval, EvalSpec, "eval"))
     points, results = plan(ab, work), []
-    kd_pipe, run = None, None
+    kd_pipe, run, probes = None, None, {}  # probes: one per pipeline (guidance points share one)
     for p in points:
         run = p if p.train is not None else run  # the training run this point reads (snapshots, DPO)
         done = output / "points" / p.label / "summary.json"
@@ -154,7 +154,9 @@ def run_ablation(ab: AblationConfig, output: Path, work: Path, launcher: str | N
                 pipeline = p.pipeline or trained
             spec = dataclasses.replace(eval_spec, cfg=p.extra["cfg"]) if "cfg" in p.extra else eval_spec
             summary = evaluate(pipeline, work / "eval" / p.label, spec)
-            summary["probe"] = probe_pipeline(pipeline, run.train.cache).to_dict()  # on the KD training data
+            if pipeline not in probes:  # on the KD training data
+                probes[pipeline] = probe_pipeline(pipeline, run.train.cache).to_dict()
+            summary["probe"] = probes[pipeline]
             write_text(done, json.dumps({**summary, "point": {"label": p.label, "x": p.x, **p.extra,
                                                               "data": dataclasses.asdict(p.data)}}, indent=2))
         if ab.kind == "dpo" and p.label == "before-dpo":

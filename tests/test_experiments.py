@@ -9,6 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from bench.cli import main
+from lightgen.probe import probe_pipeline
 
 TINY_MODEL = {"width": 32, "num_heads": 2, "encoder_depth": 1, "decoder_depth": 1, "cross_depth": 1,
               "text_depth": 1, "diffloss_width": 32, "diffloss_depth": 1}
@@ -23,10 +24,14 @@ def test_demo_quick_runs_the_whole_loop(tmp_path):
     assert set(compare) == {"KD (before DPO)", "KD + DPO"}
     for run in compare.values():
         assert 0.0 <= run["overall"] <= 1.0 and run["fid"] > 0
-        assert isinstance(run["context_gain"], float) and isinstance(run["text_gain"], float)  # lightgen.probe
         assert set(run) >= {"single_object", "two_object", "counting", "colors", "position", "color_attr"}
     table = (out / "table.md").read_text().splitlines()
     assert table[0].startswith("| Model | #Params | Pre-train Data | Single Obj.") and len(table) == 4
+    # the probe of each model on the KD training data, as `lightgen-bench probe` computes it
+    kd_cache = next(p for p in (tmp_path / "work").iterdir() if p.name.startswith("data-") and ".cache-" in p.name)
+    for name, pipe in (("KD (before DPO)", "kd"), ("KD + DPO", "dpo")):
+        expected = probe_pipeline(tmp_path / "work" / pipe / "pipeline", kd_cache)
+        assert (compare[name]["context_gain"], compare[name]["text_gain"]) == (expected.context_gain, expected.text_gain)
     record = json.loads((out / "run.json").read_text())
     assert record["command"].startswith("lightgen-bench demo --quick") and "git_commit" in record
     assert record["config"]["kd"]["steps"] == 12
@@ -123,14 +128,21 @@ def test_steps_ablation_evaluates_snapshots_of_one_run(tmp_path):
 
 
 def test_guidance_ablation_samples_one_model_at_each_scale(tmp_path):
-    cfg = _ablation(tmp_path, "guidance", points=[1, 3])
+    # raw weights after a few large steps: at init (and in a 3-step EMA) the head ignores its condition
+    train = {"model": {**TINY_MODEL, "text_vocab": "testbed"}, "steps": 3, "batch_size": 16, "save_every": 3,
+             "log_every": 1, "lr": 1e-2, "warmup_steps": 0, "ema_decay": 0.0}
+    cfg = _ablation(tmp_path, "guidance", points=[1, 3], train=train)
     result = CliRunner().invoke(main, ["ablate", "guidance", "--config", str(cfg), "--work", str(tmp_path / "w"),
                                        "--output", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
     assert [p.name for p in (tmp_path / "w" / "train").iterdir()] == ["kd"]  # one training run
     summaries = [json.loads((tmp_path / "o" / "points" / p / "summary.json").read_text()) for p in ("cfg1", "cfg3")]
     assert [s["eval"]["cfg"] for s in summaries] == [1.0, 3.0]
-    assert len({s["pipeline"] for s in summaries}) == 1
+    assert len({s["pipeline"] for s in summaries}) == 1 and summaries[0]["probe"] == summaries[1]["probe"]
+    # same model, prompts and seeds: only the scale differs, so the samples must differ
+    first = sorted((tmp_path / "w" / "eval" / "cfg1" / "images").glob("*/samples/*.png"))[0]
+    other = tmp_path / "w" / "eval" / "cfg3" / first.relative_to(tmp_path / "w" / "eval" / "cfg1")
+    assert first.read_bytes() != other.read_bytes()
     assert "CFG 3" in (tmp_path / "o" / "table.md").read_text()
 
 
