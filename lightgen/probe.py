@@ -7,6 +7,10 @@ tokens taken from another image (`context_gain` = the loss increase); with the n
 of the caption (`text_gain`). A gain near 0 means the model ignores that source. On the testbed a
 too-large learning rate drives `context_gain` to ~1e-7 within ~50 steps and keeps it there for
 thousands of steps: the model then samples every token independently (mosaics), whatever its loss.
+
+`completion` asks the same question of the sampler: it regenerates the right half of each image from
+its own left half and from another image's left half (same caption, same seeds). Their errors against
+the true right half have a ratio near 1 when sampling ignores what is already drawn.
 """
 from __future__ import annotations
 
@@ -60,9 +64,45 @@ def probe(model: LightGen, latents: torch.Tensor, text_states: torch.Tensor, mas
     return result
 
 
-def probe_pipeline(path, cache, n: int = 256, masked_fraction: float = 0.5, weights: str | None = None,
-                   seed: int = 0) -> ProbeResult:
-    """`probe` of a pipeline directory on `n` evenly spaced rows of a feature cache it was trained on."""
+@dataclass
+class CompletionResult:
+    own_mse: float  # error of the regenerated right halves, given each image's own left half
+    swapped_mse: float  # the same, given another image's left half
+    ratio: float  # own / swapped: ~1 = sampling ignores the visible tokens; 0 = perfect completion
+    images: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def completion(model: LightGen, latents: torch.Tensor, text_states: torch.Tensor, seed: int = 0,
+               steps: int = 16, cfg: float = 1.0) -> CompletionResult:
+    """Regenerate the right half of each image (latents (B, C, h, w), B >= 2) with its caption, once
+    with its own left half visible and once with the next image's; image i uses seed + i both times."""
+    was_training = model.training
+    model.eval()
+    x = model.patchify(latents)
+    B = x.shape[0]
+    if B < 2:
+        raise ValueError("completion: needs at least 2 images (left halves are swapped between them)")
+    rows, cols = latents.shape[-2] // model.config.patch_size, latents.shape[-1] // model.config.patch_size
+    fill = (torch.arange(cols) >= cols // 2).repeat(rows)  # (L,), row-major tokens
+    size = dict(height=latents.shape[-2] * model.config.vae_stride, width=latents.shape[-1] * model.config.vae_stride)
+
+    def right_half_mse(init: torch.Tensor) -> float:
+        gens = [torch.Generator(latents.device).manual_seed(seed + i) for i in range(B)]
+        out = model.sample_tokens(text_states, gens, num_iter=steps, cfg=cfg, init_tokens=init, inpaint_mask=fill,
+                                  **size)
+        return (out - x)[:, fill.to(x.device)].pow(2).mean().item()
+
+    own, swapped = right_half_mse(x), right_half_mse(torch.where(fill[None, :, None].to(x.device), x, x.roll(1, 0)))
+    model.train(was_training)
+    return CompletionResult(own, swapped, own / swapped, B)
+
+
+def _load(path, cache, n: int, weights: str | None, seed: int):
+    """Model of a pipeline directory and `n` evenly spaced rows (latents, text) of a feature cache."""
     from lightgen.cache import FeatureCache
     from lightgen.checkpoint import load_into
     from lightgen.codecs import normalize_moments
@@ -77,4 +117,16 @@ def probe_pipeline(path, cache, n: int = 256, masked_fraction: float = 0.5, weig
     # the posterior sample (VAE codecs) is seeded too, so a probe is reproducible
     latents = normalize_moments(torch.stack([s.moments for s in samples]), config.scaling_factor, config.shift_factor,
                                 sample=config.codec != "pixel", generator=torch.Generator().manual_seed(seed))
-    return probe(model, latents, torch.stack([s.text for s in samples]), masked_fraction, seed)
+    return model, latents, torch.stack([s.text for s in samples])
+
+
+def probe_pipeline(path, cache, n: int = 256, masked_fraction: float = 0.5, weights: str | None = None,
+                   seed: int = 0) -> ProbeResult:
+    """`probe` of a pipeline directory on `n` evenly spaced rows of a feature cache it was trained on."""
+    return probe(*_load(path, cache, n, weights, seed), masked_fraction, seed)
+
+
+def completion_pipeline(path, cache, n: int = 64, weights: str | None = None, seed: int = 0,
+                        steps: int = 16, cfg: float = 1.0) -> CompletionResult:
+    """`completion` of a pipeline directory on `n` evenly spaced rows of a feature cache."""
+    return completion(*_load(path, cache, n, weights, seed), seed, steps, cfg)

@@ -5,7 +5,7 @@ from click.testing import CliRunner
 from bench.cli import main
 from lightgen.config import LightGenConfig
 from lightgen.mar import LightGen
-from lightgen.probe import probe
+from lightgen.probe import completion, probe
 
 SMALL = dict(width=48, num_heads=4, encoder_depth=1, decoder_depth=1, cross_depth=1, text_depth=1,
              diffloss_width=64, diffloss_depth=2)
@@ -45,3 +45,21 @@ def test_context_gain_is_exactly_zero_when_every_image_is_the_same():
 def test_probe_cli_rejects_a_bad_fraction(tmp_path):
     run = CliRunner().invoke(main, ["probe", str(tmp_path), "--cache", str(tmp_path), "--masked", "1.5"])
     assert run.exit_code == 2 and "--masked" in run.output
+
+
+def test_completion_compares_own_and_swapped_left_halves():
+    model, latents, text = _model_and_batch(4)
+    first, again = completion(model, latents, text, seed=1, steps=4), completion(model, latents, text, seed=1, steps=4)
+    assert first == again and first.images == 4
+    # a fresh trunk reads the visible half, so the two completions differ
+    assert first.own_mse > 0 and first.swapped_mse > 0 and first.ratio != 1.0
+    assert first.ratio == first.own_mse / first.swapped_mse
+    # identical images: the swapped-in left half is the image's own, so both errors are the same
+    same = completion(model, latents[:1].expand_as(latents).contiguous(), text[:1].expand_as(text).contiguous(),
+                      seed=1, steps=4)
+    assert same.ratio == 1.0
+
+
+def test_probe_cli_rejects_a_single_completion_image(tmp_path):
+    run = CliRunner().invoke(main, ["probe", str(tmp_path), "--cache", str(tmp_path), "--completion", "1"])
+    assert run.exit_code == 2 and "--completion" in run.output

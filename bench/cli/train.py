@@ -137,6 +137,7 @@ def dpo_pairs(ckpt, teacher, captions, reference, out, n, steps, cfg, seed, devi
 @main.command(epilog="""\b
 Example:
   lightgen-bench probe runs/demo/kd/pipeline --cache runs/demo/data-n16000-d36780-r32-s0.cache-a3d2b926e6
+  lightgen-bench probe runs/demo/kd/pipeline --cache runs/demo/data-n16000-d36780-r32-s0.cache-a3d2b926e6 --completion 48
 """)
 @click.argument("ckpt", type=click.Path(exists=True, file_okay=False))
 @click.option("--cache", required=True, type=click.Path(exists=True, file_okay=False),
@@ -144,16 +145,24 @@ Example:
 @click.option("--n", default=256, show_default=True, help="Images probed.")
 @click.option("--masked", default=0.5, show_default=True, help="Fraction of tokens masked.")
 @click.option("--weights", type=click.Choice(["model", "model_ema"]), default=None)
-def probe(ckpt, cache, n, masked, weights):
+@click.option("--completion", default=0, show_default=True,
+              help="Also regenerate the right half of this many images from their own / another image's left "
+                   "half (ratio of errors ~1: sampling ignores what is already drawn). 0 = off.")
+def probe(ckpt, cache, n, masked, weights, completion):
     """How much the model uses the visible tokens (context) and the caption (text): loss increase
     when each is replaced. A context gain near 0 means tokens are sampled independently."""
     import json
 
-    from lightgen.probe import probe_pipeline
+    from lightgen.probe import completion_pipeline, probe_pipeline
 
     if not 0 < masked < 1:
         raise InputError(f"--masked: expected a fraction in (0, 1), got {masked}")
-    click.echo(json.dumps(probe_pipeline(ckpt, cache, n, masked, weights).to_dict(), indent=2))
+    if completion == 1 or completion < 0:
+        raise InputError(f"--completion: expected 0 (off) or at least 2 images, got {completion}")
+    result = probe_pipeline(ckpt, cache, n, masked, weights).to_dict()
+    if completion:
+        result["completion"] = completion_pipeline(ckpt, cache, completion, weights).to_dict()
+    click.echo(json.dumps(result, indent=2))
 
 
 def _teacher(name: str, ckpt: str):
