@@ -101,8 +101,14 @@ def completion(model: LightGen, latents: torch.Tensor, text_states: torch.Tensor
     return CompletionResult(own, swapped, own / swapped, B)
 
 
-def _load(path, cache, n: int, weights: str | None, seed: int):
-    """Model of a pipeline directory and `n` evenly spaced rows (latents, text) of a feature cache."""
+def spaced(total: int, n: int) -> list[int]:
+    """`min(n, total)` evenly spaced indices into `total` rows, first and last included."""
+    return [round(i * (total - 1) / max(1, n - 1)) for i in range(min(n, total))]
+
+
+def load_rows(path, cache, n: int = 256, weights: str | None = None, seed: int = 0):
+    """(model, latents, text states): a pipeline directory's model and `n` evenly spaced rows of a
+    feature cache it was trained on, normalised as in training; load once, then `probe`/`completion`."""
     from lightgen.cache import FeatureCache
     from lightgen.checkpoint import load_into
     from lightgen.codecs import normalize_moments
@@ -110,8 +116,7 @@ def _load(path, cache, n: int, weights: str | None, seed: int):
 
     config, state = load_init(path, weights)
     features = FeatureCache(cache, config)
-    rows = [round(i * (len(features) - 1) / max(1, n - 1)) for i in range(min(n, len(features)))]
-    samples = [features[r] for r in rows]
+    samples = [features[r] for r in spaced(len(features), n)]
     model = LightGen(config)
     load_into(model, state, f"{path}")
     # the posterior sample (VAE codecs) is seeded too, so a probe is reproducible
@@ -123,10 +128,4 @@ def _load(path, cache, n: int, weights: str | None, seed: int):
 def probe_pipeline(path, cache, n: int = 256, masked_fraction: float = 0.5, weights: str | None = None,
                    seed: int = 0) -> ProbeResult:
     """`probe` of a pipeline directory on `n` evenly spaced rows of a feature cache it was trained on."""
-    return probe(*_load(path, cache, n, weights, seed), masked_fraction, seed)
-
-
-def completion_pipeline(path, cache, n: int = 64, weights: str | None = None, seed: int = 0,
-                        steps: int = 16, cfg: float = 1.0) -> CompletionResult:
-    """`completion` of a pipeline directory on `n` evenly spaced rows of a feature cache."""
-    return completion(*_load(path, cache, n, weights, seed), seed, steps, cfg)
+    return probe(*load_rows(path, cache, n, weights, seed), masked_fraction, seed)

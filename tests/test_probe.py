@@ -53,7 +53,6 @@ def test_completion_compares_own_and_swapped_left_halves():
     assert first == again and first.images == 4
     # a fresh trunk reads the visible half, so the two completions differ
     assert first.own_mse > 0 and first.swapped_mse > 0 and first.ratio != 1.0
-    assert first.ratio == first.own_mse / first.swapped_mse
     # identical images: the swapped-in left half is the image's own, so both errors are the same
     same = completion(model, latents[:1].expand_as(latents).contiguous(), text[:1].expand_as(text).contiguous(),
                       seed=1, steps=4)

@@ -146,22 +146,26 @@ Example:
 @click.option("--masked", default=0.5, show_default=True, help="Fraction of tokens masked.")
 @click.option("--weights", type=click.Choice(["model", "model_ema"]), default=None)
 @click.option("--completion", default=0, show_default=True,
-              help="Also regenerate the right half of this many images from their own / another image's left "
-                   "half (ratio of errors ~1: sampling ignores what is already drawn). 0 = off.")
+              help="Also regenerate the right half of this many of the probed images (evenly spaced) from their "
+                   "own / another image's left half (ratio of errors ~1: sampling ignores what is already drawn). "
+                   "0 = off.")
 def probe(ckpt, cache, n, masked, weights, completion):
     """How much the model uses the visible tokens (context) and the caption (text): loss increase
     when each is replaced. A context gain near 0 means tokens are sampled independently."""
     import json
 
-    from lightgen.probe import completion_pipeline, probe_pipeline
+    from lightgen.probe import completion as complete
+    from lightgen.probe import load_rows, probe, spaced
 
     if not 0 < masked < 1:
         raise InputError(f"--masked: expected a fraction in (0, 1), got {masked}")
-    if completion == 1 or completion < 0:
-        raise InputError(f"--completion: expected 0 (off) or at least 2 images, got {completion}")
-    result = probe_pipeline(ckpt, cache, n, masked, weights).to_dict()
+    if completion and not 2 <= completion <= n:
+        raise InputError(f"--completion: expected 0 (off) or 2 to --n ({n}) images, got {completion}")
+    model, latents, text = load_rows(ckpt, cache, n, weights)  # one model load for both tests
+    result = probe(model, latents, text, masked).to_dict()
     if completion:
-        result["completion"] = completion_pipeline(ckpt, cache, completion, weights).to_dict()
+        rows = spaced(len(latents), completion)
+        result["completion"] = complete(model, latents[rows], text[rows]).to_dict()
     click.echo(json.dumps(result, indent=2))
 
 
