@@ -155,7 +155,7 @@ def run_ablation(ab: AblationConfig, output: Path, work: Path, launcher: str | N
             spec = dataclasses.replace(eval_spec, cfg=p.extra["cfg"]) if "cfg" in p.extra else eval_spec
             summary = evaluate(pipeline, work / "eval" / p.label, spec)
             if pipeline not in probes:  # on the KD training data
-                probes[pipeline] = probe_pipeline(pipeline, run.train.cache).to_dict()
+                probes[pipeline] = probe_pipeline(pipeline, run.train.cache)
             summary["probe"] = probes[pipeline]
             write_text(done, json.dumps({**summary, "point": {"label": p.label, "x": p.x, **p.extra,
                                                               "data": dataclasses.asdict(p.data)}}, indent=2))

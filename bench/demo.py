@@ -19,6 +19,7 @@ from lightgen.errors import InputError, check_known
 from lightgen.probe import probe_pipeline
 from lightgen.train import TrainConfig
 
+COMPLETION_IMAGES = 48  # per model: does sampling use what is already drawn (lightgen.probe.completion)
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "eval_configs" / "demo.yaml"
 # --quick: the same loop, sized for CI (about a minute)
 QUICK = {"data": {"n": 256}, "kd": {"steps": 12, "batch_size": 32, "save_every": 6, "log_every": 2},
@@ -71,7 +72,7 @@ def run_demo(config: dict, output: Path, work: Path, seed: int = 0) -> dict:
     dpo_pipe = run_training(dpo)
     after = evaluate(dpo_pipe, work / "eval-dpo", eval_spec)
     for summary, pipe in ((before, kd_pipe), (after, dpo_pipe)):  # what each model uses, on the KD data
-        summary["probe"] = probe_pipeline(pipe, kd.cache).to_dict()
+        summary["probe"] = probe_pipeline(pipe, kd.cache, completion_images=COMPLETION_IMAGES)
 
     summary = write_report(output, work, data_spec, {"KD (before DPO)": before, "KD + DPO": after}, kd, dpo)
     record = run_record(argv(), {"demo": config, "kd": dataclasses.asdict(kd), "dpo": dataclasses.asdict(dpo)},
@@ -98,7 +99,8 @@ def write_report(output: Path, work: Path, data: DataSpec, runs: dict[str, dict]
         write_table(table, output / f"table.{ext}")
     compare = {name: {"overall": s["overall"], **{t: v["score"] for t, v in s["tasks"].items()},
                       "fid": s.get("fid", {}).get("fid"),
-                      **{k: s["probe"][k] for k in ("context_gain", "text_gain") if "probe" in s}}
+                      **({"context_gain": s["probe"]["context_gain"], "text_gain": s["probe"]["text_gain"],
+                          "completion_ratio": s["probe"]["completion"]["ratio"]} if "probe" in s else {})}
                for name, s in runs.items()}
     write_text(output / "before_after.json", json.dumps(compare, indent=2))
     _grid(output / "samples.png", [work / "eval-kd" / "images", work / "eval-dpo" / "images"])

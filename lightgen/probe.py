@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from lightgen.errors import InputError
 from lightgen.mar import LightGen
 
 
@@ -126,6 +127,15 @@ def load_rows(path, cache, n: int = 256, weights: str | None = None, seed: int =
 
 
 def probe_pipeline(path, cache, n: int = 256, masked_fraction: float = 0.5, weights: str | None = None,
-                   seed: int = 0) -> ProbeResult:
-    """`probe` of a pipeline directory on `n` evenly spaced rows of a feature cache it was trained on."""
-    return probe(*load_rows(path, cache, n, weights, seed), masked_fraction, seed)
+                   seed: int = 0, completion_images: int = 0) -> dict:
+    """`probe` of a pipeline directory on `n` evenly spaced rows of a feature cache it was trained on,
+    and with `completion_images` >= 2, `completion` on that many of those rows (evenly spaced), from one
+    model load."""
+    if completion_images and not 2 <= completion_images <= n:
+        raise InputError(f"completion: expected 0 (off) or 2 to n ({n}) images, got {completion_images}")
+    model, latents, text = load_rows(path, cache, n, weights, seed)
+    result = probe(model, latents, text, masked_fraction, seed).to_dict()
+    if completion_images:
+        rows = spaced(len(latents), completion_images)
+        result["completion"] = completion(model, latents[rows], text[rows], seed).to_dict()
+    return result

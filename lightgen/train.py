@@ -60,6 +60,7 @@ class TrainConfig:
     weight_decay: float = 0.02
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 3.0
+    head_lr_scale: float = 1.0  # the diffusion head's lr / the trunk's (official: 1)
     ema_decay: float = 0.9999
     ema_warmup: bool = False  # decay min(ema_decay, (1+s)/(10+s)): short runs forget the random init
     flip: bool = True  # random horizontal flip (official); captions are not changed
@@ -240,15 +241,20 @@ def kd_loss(model, batch, config: LightGenConfig, **_) -> tuple[torch.Tensor, di
 
 
 # ------------------------------------------------------------------------------------------ train
-def param_groups(model: LightGen, weight_decay: float) -> list[dict]:
-    """Official split: no decay for 1-D params, biases and the whole diffusion head."""
-    decay, no_decay = [], []
+def param_groups(model: LightGen, weight_decay: float, head_lr_scale: float = 1.0) -> list[dict]:
+    """Official split: no decay for 1-D params, biases and the whole diffusion head; the head's
+    learning rate is `head_lr_scale` × the trunk's (official: 1)."""
+    decay, no_decay, head = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        skip = p.ndim == 1 or name.endswith(".bias") or name.startswith("diffloss")
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if name.startswith("diffloss"):
+            head.append(p)
+        else:
+            (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+            {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
+            {"params": head, "weight_decay": 0.0, "lr_scale": head_lr_scale}]
 
 
 def load_init(path: str | Path, weights: str | None) -> tuple[LightGenConfig, dict[str, torch.Tensor]]:
@@ -317,7 +323,7 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
         names = [n for n, _ in model.named_parameters()]
         ema = [ckpt["ema"][n].to(acc.device) for n in names]
     fused = cfg.fused_adamw and acc.device.type == "cuda"
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=cfg.betas,
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.head_lr_scale), lr=cfg.learning_rate, betas=cfg.betas,
                             fused=fused or None)
     if ckpt is not None:
         opt.load_state_dict(_optimizer_state(ckpt["optimizer_tensors"], ckpt["optimizer"]))
@@ -341,7 +347,7 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
     for step, *batch in loader:
         torch.manual_seed(_seed(cfg.seed, step, acc.process_index))
         for group in opt.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = lr_at(step) * group["lr_scale"]
         batch = [b.to(acc.device, non_blocking=True) for b in batch]
         with acc.autocast():
             loss, extra = objective(model, batch, config, reference=reference, cfg=cfg)

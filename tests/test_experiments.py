@@ -9,6 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from bench.cli import main
+from bench.demo import COMPLETION_IMAGES
 from lightgen.probe import completion, load_rows, probe_pipeline
 
 TINY_MODEL = {"width": 32, "num_heads": 2, "encoder_depth": 1, "decoder_depth": 1, "cross_depth": 1,
@@ -30,14 +31,15 @@ def test_demo_quick_runs_the_whole_loop(tmp_path):
     # the probe of each model on the KD training data, as `lightgen-bench probe` computes it
     kd_cache = next(p for p in (tmp_path / "work").iterdir() if p.name.startswith("data-") and ".cache-" in p.name)
     for name, pipe in (("KD (before DPO)", "kd"), ("KD + DPO", "dpo")):
-        expected = probe_pipeline(tmp_path / "work" / pipe / "pipeline", kd_cache)
-        assert (compare[name]["context_gain"], compare[name]["text_gain"]) == (expected.context_gain, expected.text_gain)
+        expected = probe_pipeline(tmp_path / "work" / pipe / "pipeline", kd_cache, completion_images=COMPLETION_IMAGES)
+        assert (compare[name]["context_gain"], compare[name]["text_gain"], compare[name]["completion_ratio"]) == (
+            expected["context_gain"], expected["text_gain"], expected["completion"]["ratio"])
     # `lightgen-bench probe --completion`: both tests from one load, completion on an evenly spaced subset
     kd_pipe = tmp_path / "work" / "kd" / "pipeline"
     run = CliRunner().invoke(main, ["probe", str(kd_pipe), "--cache", str(kd_cache), "--n", "9", "--completion", "3"])
     assert run.exit_code == 0, run.output
     probed = json.loads(run.output)
-    assert probed["context_gain"] == probe_pipeline(kd_pipe, kd_cache, n=9).context_gain
+    assert probed["context_gain"] == probe_pipeline(kd_pipe, kd_cache, n=9)["context_gain"]
     model, latents, text = load_rows(kd_pipe, kd_cache, n=9)
     assert probed["completion"] == completion(model, latents[[0, 4, 8]], text[[0, 4, 8]]).to_dict()
     record = json.loads((out / "run.json").read_text())

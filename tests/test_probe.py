@@ -61,4 +61,4 @@ def test_completion_compares_own_and_swapped_left_halves():
 
 def test_probe_cli_rejects_a_single_completion_image(tmp_path):
     run = CliRunner().invoke(main, ["probe", str(tmp_path), "--cache", str(tmp_path), "--completion", "1"])
-    assert run.exit_code == 2 and "--completion" in run.output
+    assert run.exit_code == 2 and "completion: expected 0 (off) or 2 to n" in run.output

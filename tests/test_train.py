@@ -19,7 +19,7 @@ from lightgen.config import LightGenConfig
 from lightgen.errors import InputError
 from lightgen.mar import LightGen
 from lightgen.pipeline import LightGenPipeline, build_text_encoder
-from lightgen.train import TrainConfig, TrainingDiverged, latest_checkpoint, train
+from lightgen.train import TrainConfig, TrainingDiverged, latest_checkpoint, read_checkpoint, train
 
 MODEL = dict(width=32, num_heads=2, encoder_depth=1, decoder_depth=1, cross_depth=1, text_depth=1,
              diffloss_width=32, diffloss_depth=1, num_sampling_steps=5, diffusion_batch_mul=1,
@@ -97,6 +97,17 @@ def test_resume_continues_exactly(tmp_path, caches):
         assert all(torch.equal(a[k], b[k]) for k in a)
     rows = (tmp_path / "part" / "run" / "metrics.csv").read_text().splitlines()[1:]
     assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("scale", [0.0, 1.0])
+def test_head_lr_scale_reaches_the_diffusion_head_only(tmp_path, caches, scale):
+    cfg = _cfg(tmp_path, caches[0], head_lr_scale=scale)
+    cfg.steps = 4
+    train(cfg)
+    a, b = (read_checkpoint(tmp_path / "run" / "checkpoints" / f"step-{s:08d}")["model"] for s in (2, 4))
+    moved = {k: not torch.equal(a[k], b[k]) for k in a}
+    assert any(v for k, v in moved.items() if not k.startswith("diffloss."))
+    assert any(v for k, v in moved.items() if k.startswith("diffloss.")) == bool(scale)
 
 
 def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, caches):

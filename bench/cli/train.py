@@ -154,19 +154,11 @@ def probe(ckpt, cache, n, masked, weights, completion):
     when each is replaced. A context gain near 0 means tokens are sampled independently."""
     import json
 
-    from lightgen.probe import completion as complete
-    from lightgen.probe import load_rows, probe, spaced
+    from lightgen.probe import probe_pipeline
 
     if not 0 < masked < 1:
         raise InputError(f"--masked: expected a fraction in (0, 1), got {masked}")
-    if completion and not 2 <= completion <= n:
-        raise InputError(f"--completion: expected 0 (off) or 2 to --n ({n}) images, got {completion}")
-    model, latents, text = load_rows(ckpt, cache, n, weights)  # one model load for both tests
-    result = probe(model, latents, text, masked).to_dict()
-    if completion:
-        rows = spaced(len(latents), completion)
-        result["completion"] = complete(model, latents[rows], text[rows]).to_dict()
-    click.echo(json.dumps(result, indent=2))
+    click.echo(json.dumps(probe_pipeline(ckpt, cache, n, masked, weights, completion_images=completion), indent=2))
 
 
 def _teacher(name: str, ckpt: str):
