@@ -140,7 +140,7 @@ def test_steps_ablation_evaluates_snapshots_of_one_run(tmp_path):
 def test_guidance_ablation_samples_one_model_at_each_scale(tmp_path):
     # raw weights after a few large steps: at init (and in a 3-step EMA) the head ignores its condition
     train = {"model": {**TINY_MODEL, "text_vocab": "testbed"}, "steps": 3, "batch_size": 16, "save_every": 3,
-             "log_every": 1, "lr": 1e-2, "warmup_steps": 0, "ema_decay": 0.0}
+             "log_every": 1, "lr": 1e-2, "head_lr_scale": 1, "warmup_steps": 0, "ema_decay": 0.0}
     cfg = _ablation(tmp_path, "guidance", points=[1, 3], train=train)
     result = CliRunner().invoke(main, ["ablate", "guidance", "--config", str(cfg), "--work", str(tmp_path / "w"),
                                        "--output", str(tmp_path / "o")])
