@@ -103,6 +103,8 @@ class TrainConfig:
             raise InputError(f"{source}: mixed_precision: expected no|bf16|fp16, got {cfg.mixed_precision!r}")
         if cfg.batch_size < 1 or cfg.steps < 1:
             raise InputError(f"{source}: batch_size and steps must be >= 1")
+        if cfg.head_lr_scale < 0:
+            raise InputError(f"{source}: head_lr_scale: expected >= 0, got {cfg.head_lr_scale}")
         return cfg
 
     def model_config(self) -> LightGenConfig:
@@ -323,9 +325,13 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
         names = [n for n, _ in model.named_parameters()]
         ema = [ckpt["ema"][n].to(acc.device) for n in names]
     fused = cfg.fused_adamw and acc.device.type == "cuda"
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.head_lr_scale), lr=cfg.learning_rate, betas=cfg.betas,
-                            fused=fused or None)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.head_lr_scale), lr=cfg.learning_rate,
+                            betas=cfg.betas, fused=fused or None)
     if ckpt is not None:
+        if len(ckpt["optimizer"]["param_groups"]) != len(opt.param_groups):
+            raise InputError(f"{ckpt_root}: the checkpoint's optimizer has {len(ckpt['optimizer']['param_groups'])} "
+                             f"parameter groups, this trainer {len(opt.param_groups)} (written before head_lr_scale "
+                             "existed); start a new run or --resume none")
         opt.load_state_dict(_optimizer_state(ckpt["optimizer_tensors"], ckpt["optimizer"]))
     start = ckpt["step"] if ckpt is not None else 0
     lr_at = lambda s: cfg.learning_rate * min(1.0, (s + 1) / max(1, cfg.warmup_steps))  # noqa: E731

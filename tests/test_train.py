@@ -153,6 +153,7 @@ def test_dpo_with_policy_equal_reference_gives_log2(tmp_path, caches):
 @pytest.mark.parametrize("raw, match", [
     ({"bogus_key": 1}, r"unknown key\(s\) \['bogus_key'\]"),
     ({"mixed_precision": "fp8"}, "mixed_precision"),
+    ({"head_lr_scale": -1}, "head_lr_scale: expected >= 0"),
 ])
 def test_bad_train_config(tmp_path, raw, match):
     path = tmp_path / "c.yaml"

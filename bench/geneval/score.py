@@ -60,7 +60,8 @@ def validate_metadata(meta: dict, where: str, classes: Collection[str]) -> None:
 
 
 def environment() -> dict:
-    """Package versions and the git commit (with +dirty), for the summary."""
+    """Package versions and the git commit (+dirty when tracked files other than `results/` differ from it:
+    a run that rewrites its own committed results is still a run of that commit), for the summary."""
     versions = {}
     for p in PACKAGES:
         try:
@@ -73,7 +74,7 @@ def environment() -> dict:
 
     try:
         commit = git("rev-parse", "HEAD") or None
-        if commit and git("status", "--porcelain", "--untracked-files=no"):
+        if commit and git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"):
             commit += "+dirty"
     except (OSError, subprocess.SubprocessError):
         commit = None
