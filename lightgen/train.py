@@ -325,8 +325,10 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
         names = [n for n, _ in model.named_parameters()]
         ema = [ckpt["ema"][n].to(acc.device) for n in names]
     fused = cfg.fused_adamw and acc.device.type == "cuda"
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.head_lr_scale), lr=cfg.learning_rate,
-                            betas=cfg.betas, fused=fused or None)
+    groups = param_groups(model, cfg.weight_decay, cfg.head_lr_scale)
+    # kept out of the optimizer state, so a resumed run follows its config's scale as it follows its lr
+    lr_scales = [g.pop("lr_scale") for g in groups]
+    opt = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=cfg.betas, fused=fused or None)
     if ckpt is not None:
         if len(ckpt["optimizer"]["param_groups"]) != len(opt.param_groups):
             raise InputError(f"{ckpt_root}: the checkpoint's optimizer has {len(ckpt['optimizer']['param_groups'])} "
@@ -352,8 +354,8 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
     model.train()
     for step, *batch in loader:
         torch.manual_seed(_seed(cfg.seed, step, acc.process_index))
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step) * group["lr_scale"]
+        for group, scale in zip(opt.param_groups, lr_scales):
+            group["lr"] = lr_at(step) * scale
         batch = [b.to(acc.device, non_blocking=True) for b in batch]
         with acc.autocast():
             loss, extra = objective(model, batch, config, reference=reference, cfg=cfg)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from bench.cli import main
 from bench.demo import COMPLETION_IMAGES
-from lightgen.probe import completion, load_rows, probe_pipeline
+from lightgen.probe import completion, load_rows, probe, probe_pipeline
 
 TINY_MODEL = {"width": 32, "num_heads": 2, "encoder_depth": 1, "decoder_depth": 1, "cross_depth": 1,
               "text_depth": 1, "diffloss_width": 32, "diffloss_depth": 1}
@@ -39,8 +39,8 @@ def test_demo_quick_runs_the_whole_loop(tmp_path):
     run = CliRunner().invoke(main, ["probe", str(kd_pipe), "--cache", str(kd_cache), "--n", "9", "--completion", "3"])
     assert run.exit_code == 0, run.output
     probed = json.loads(run.output)
-    assert probed["context_gain"] == probe_pipeline(kd_pipe, kd_cache, n=9)["context_gain"]
     model, latents, text = load_rows(kd_pipe, kd_cache, n=9)
+    assert probed["context_gain"] == probe(model, latents, text).context_gain
     assert probed["completion"] == completion(model, latents[[0, 4, 8]], text[[0, 4, 8]]).to_dict()
     record = json.loads((out / "run.json").read_text())
     assert record["command"].startswith("lightgen-bench demo --quick") and "git_commit" in record

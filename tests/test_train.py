@@ -1,4 +1,5 @@
 """Feature cache, KD / DPO trainers: checkpoints, exact resume after SIGKILL, bad input."""
+import json
 import os
 import signal
 import subprocess
@@ -108,6 +109,30 @@ def test_head_lr_scale_reaches_the_diffusion_head_only(tmp_path, caches, scale):
     moved = {k: not torch.equal(a[k], b[k]) for k in a}
     assert any(v for k, v in moved.items() if not k.startswith("diffloss."))
     assert any(v for k, v in moved.items() if k.startswith("diffloss.")) == bool(scale)
+
+
+def test_resume_follows_the_configured_head_lr_scale(tmp_path, caches):
+    cfg = _cfg(tmp_path, caches[0])
+    cfg.steps = 2
+    train(cfg)
+    cfg.steps, cfg.head_lr_scale = 4, 0.0  # resumed with the head frozen: the checkpoint's 1x must not win
+    train(cfg, resume="auto")
+    a, b = (read_checkpoint(tmp_path / "run" / "checkpoints" / f"step-{s:08d}")["model"] for s in (2, 4))
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("diffloss."))
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_an_optimizer_with_other_param_groups(tmp_path, caches):
+    cfg = _cfg(tmp_path, caches[0])
+    cfg.steps = 2
+    train(cfg)
+    state = tmp_path / "run" / "checkpoints" / "step-00000002" / "state.json"
+    raw = json.loads(state.read_text())
+    raw["optimizer"]["param_groups"] = raw["optimizer"]["param_groups"][:2]  # as written before the head group
+    state.write_text(json.dumps(raw))
+    cfg.steps = 4
+    with pytest.raises(InputError, match="optimizer has 2 parameter groups, this trainer 3"):
+        train(cfg, resume="auto")
 
 
 def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, caches):
