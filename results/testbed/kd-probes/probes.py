@@ -131,7 +131,7 @@ def main(kind: str) -> None:
         result = {"runs": [copy_task(2e-4, 4e-3), copy_task(1e-3, 4e-3)]}
     else:
         raise SystemExit(f"probe: expected sincos, grid or copy, got {kind!r}")
-    record = {"probe": kind, **result, **run_record(["python", *sys.argv], {"kind": kind, "steps": STEPS}, started)}
+    record = {"kind": kind, **result, **run_record(["python", *sys.argv], {"kind": kind, "steps": STEPS}, started)}
     with open(HERE / "results.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
 
