@@ -1,6 +1,6 @@
 """Why KD stalls on the testbed: three probes of the trunk's use of context (README, "Why KD stalls").
 
-Run from the repo root, after the demo has built its data and cache (`lightgen-bench demo --work runs/demo4`):
+Run from the repo root (each KD probe distils its own 16,000 renders, the demo's data for seed 0):
 
     python results/testbed/kd-probes/probes.py sincos   # MAE's 2-D sin-cos table as the position init
     python results/testbed/kd-probes/probes.py grid     # a token-aligned world (box edges on the 4-px grid)
@@ -24,7 +24,7 @@ from lightgen.mar import LightGen
 from lightgen.probe import probe, probe_pipeline
 
 HERE = Path(__file__).resolve().parent
-DEMO_DATA = Path("runs/demo4/data-n16000-d36780-r32-s0")
+DATA = DataSpec(n=16000)  # the demo's data
 STEPS, CFGS = 500, (4.0, 1.0)
 
 
@@ -123,10 +123,10 @@ def main(kind: str) -> None:
     started = time.perf_counter()
     if kind == "sincos":
         use_sincos_init()
-        result = kd_probe("sincos", DEMO_DATA)
+        result = kd_probe("sincos", distilled(Path("runs/kd-probes"), DATA))
     elif kind == "grid":
         use_token_aligned_world()
-        result = kd_probe("grid", distilled(Path("runs/kd-probes/grid-world"), DataSpec(n=16000)))
+        result = kd_probe("grid", distilled(Path("runs/kd-probes/grid-world"), DATA))
     elif kind == "copy":
         result = {"runs": [copy_task(2e-4, 4e-3), copy_task(1e-3, 4e-3)]}
     else:
