@@ -12,6 +12,7 @@ These are diagnostics, not product features, so they patch the library from the 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -19,9 +20,11 @@ from pathlib import Path
 import torch
 
 from bench.experiment import DataSpec, EvalSpec, cached, distilled, evaluate, run_record, run_training, train_config
+from bench.testbed.world import MARGIN, sample_scene
 from lightgen.config import LightGenConfig
 from lightgen.mar import LightGen
 from lightgen.probe import probe, probe_pipeline
+from lightgen.train import param_groups
 
 HERE = Path(__file__).resolve().parent
 DATA = DataSpec(n=16000)  # the demo's data
@@ -48,35 +51,29 @@ def use_sincos_init() -> None:
     LightGen._init_weights = init
 
 
+class TokenGridRng:
+    """Wraps the world's rng so `world.sample_scene` (its rejection sampling unchanged) draws box sides and
+    edges on the 4-px token grid of a 32-px image: a scalar `uniform(lo, hi)` is a side, a pair is a centre."""
+
+    def __init__(self, rng):
+        self.rng, self.unit = rng, 4 / 32
+
+    def choice(self, *args, **kwargs):
+        return self.rng.choice(*args, **kwargs)
+
+    def uniform(self, low, high, size=None):
+        u = self.unit
+        if size is None:  # a side: a multiple of the token size in [low - 1.5 px, high] (two objects: 8 or 12 px)
+            return u * self.rng.integers(math.ceil((low - 1.5 / 32) / u), math.floor(high / u + 1e-9) + 1)
+        half = low - MARGIN  # a centre: edges (centre - side/2) on the grid, inside the margins
+        edges = self.rng.integers(math.ceil(MARGIN / u - 1e-9), math.floor((high - half) / u + 1e-9) + 1, size)
+        return edges * u + half
+
+
 def use_token_aligned_world() -> None:
-    """Rejection sampling as `world.sample_scene`, but box sides and edges are multiples of 4 px (32-px images)."""
-    import numpy as np
-
     import bench.testbed.teacher as teacher
-    from bench.testbed.world import COLOURS, MARGIN, SIZES, Obj, Scene, _apart, _relation_clear
 
-    def snapped(spec, rng: np.random.Generator, tries: int = 1000) -> Scene:
-        colours = [o.colour or str(rng.choice(list(COLOURS))) for o in spec.objects]
-        lo, hi = SIZES[len(spec.objects)]
-        sides = [s for s in range(4, 33, 4) if lo * 32 - 1.5 <= s <= hi * 32]
-        for _ in range(tries):
-            objs: list[Obj] = []
-            for o, colour in zip(spec.objects, colours):
-                s = int(rng.choice(sides))
-                edges = [e for e in range(0, 33 - s, 4) if e >= MARGIN * 32 and e + s <= 32 - MARGIN * 32]
-                for _ in range(50):
-                    x1, y1 = (int(v) for v in rng.choice(edges, 2))
-                    cand = Obj(o.shape, colour, (x1 + s / 2) / 32, (y1 + s / 2) / 32, s / 32)
-                    if all(_apart(cand, p) for p in objs):
-                        objs.append(cand)
-                        break
-                else:
-                    break
-            if len(objs) == len(spec.objects) and (spec.relation is None or _relation_clear(
-                    objs[spec.relation[0]], objs[spec.relation[2]], spec.relation[1])):
-                return Scene(tuple(objs))
-        raise RuntimeError(f"no token-aligned layout for {spec}")
-    teacher.sample_scene = snapped
+    teacher.sample_scene = lambda spec, rng: sample_scene(spec, TokenGridRng(rng))
 
 
 def kd_probe(name: str, data: Path) -> dict:
@@ -96,9 +93,10 @@ def copy_task(lr: float, head_lr: float, steps: int = 300, every: int = 25, seed
     context gain measures how soon the trunk learns to read the visible tokens at all."""
     torch.manual_seed(seed)
     model = LightGen(LightGenConfig.from_preset("testbed"))
-    head = [p for n, p in model.named_parameters() if n.startswith("diffloss.")]
-    trunk = [p for n, p in model.named_parameters() if not n.startswith("diffloss.")]
-    opt = torch.optim.AdamW([{"params": trunk, "lr": lr}, {"params": head, "lr": head_lr}], betas=(0.9, 0.95))
+    groups = param_groups(model, weight_decay=0.02, head_lr_scale=head_lr / lr)  # the trainer's split
+    for group in groups:
+        group["lr"] = lr * group.pop("lr_scale")
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.95))
     text = torch.randn(1, model.config.max_length, model.config.caption_channels)
 
     def batch(n: int) -> torch.Tensor:
