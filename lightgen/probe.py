@@ -131,6 +131,8 @@ def probe_pipeline(path, cache, n: int = 256, masked_fraction: float = 0.5, weig
     """`probe` of a pipeline directory on `n` evenly spaced rows of a feature cache it was trained on,
     and with `completion_images` >= 2, `completion` on that many of those rows (evenly spaced), from one
     model load."""
+    if not 0 < masked_fraction < 1:
+        raise InputError(f"masked: expected a fraction in (0, 1), got {masked_fraction}")
     if completion_images and not 2 <= completion_images <= n:
         raise InputError(f"completion: expected 0 (off) or 2 to n ({n}) images, got {completion_images}")
     model, latents, text = load_rows(path, cache, n, weights, seed)

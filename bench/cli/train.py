@@ -156,8 +156,6 @@ def probe(ckpt, cache, n, masked, weights, completion):
 
     from lightgen.probe import probe_pipeline
 
-    if not 0 < masked < 1:
-        raise InputError(f"--masked: expected a fraction in (0, 1), got {masked}")
     click.echo(json.dumps(probe_pipeline(ckpt, cache, n, masked, weights, completion_images=completion), indent=2))
 
 
