@@ -21,6 +21,7 @@ import torch
 from lightgen.config import LightGenConfig
 from lightgen.errors import InputError
 from lightgen.mar import LightGen
+from lightgen.precision import native_bf16
 
 # dense bf16 peak (TFLOP/s) by device name fragment, for MFU
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "4090": 165.0}
@@ -50,13 +51,6 @@ def _peak_memory(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-
-
-def bf16_is_fast(device: torch.device) -> bool:
-    """bf16 autocast pays off on GPUs and on CPUs with native bf16 matmuls (AVX512-BF16 / AMX)."""
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def cpu_name() -> str:
@@ -90,7 +84,7 @@ def perf_train(config: LightGenConfig, batch: int, resolution: int, device: torc
     torch.manual_seed(0)
     model = LightGen(config).to(device).train()
     latents, text = _inputs(config, batch, resolution, device)
-    gpu, bf16 = device.type == "cuda", bf16_is_fast(device)
+    gpu, bf16 = device.type == "cuda", native_bf16(device)
     results = {}
     paths = [("optimised", True)] + ([("reference", False)] if reference else [])
     for name, fast in paths:

@@ -3,8 +3,10 @@ horizontal flip*, plus the frozen text encoder's states, so training never runs 
 
 Layout: `meta.json` (what produced it; validated before use) + `shard-XXXXX.safetensors`, each with
 `moments` / `moments_flip` (n, 2C, h, w) float16, `text` (u, T, C) float32 for the shard's *unique*
-captions and `text_index` (n,) into it (synthetic data repeats captions a lot). Rows are read lazily
-through safetensors' memory map, so a cache may be larger than RAM.
+captions and their mirrored forms (left ↔ right), `text_index` (n,) into it (synthetic data repeats
+captions a lot) and `text_flip_index` (n,), the mirrored caption of each row, for trainers that flip
+captions with their images. Rows are read lazily through safetensors' memory map, so a cache may be
+larger than RAM.
 """
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ from lightgen.codecs import LatentCodec
 from lightgen.config import LightGenConfig
 from lightgen.errors import InputError
 from lightgen.pipeline import image_to_tensor
-from lightgen.text import TextEncoder
+from lightgen.text import TextEncoder, mirror_caption
 
+CACHE_FORMAT = 2  # 2: mirrored captions stored (`text_flip_index`); an older complete cache is rebuilt, not reused
 CACHE_FIELDS = ("codec", "codec_path", "latent_channels", "vae_stride", "text_encoder", "caption_channels",
                 "max_length", "t5_config", "text_vocab")
 
@@ -48,7 +51,8 @@ def build_cache(records: Sequence[tuple[Image.Image, str]], out: str | Path,
     meta_file = out / "meta.json"
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text())
-        if meta.get("signature") == signature and meta.get("count") == n and meta.get("complete"):
+        if (meta.get("signature") == signature and meta.get("count") == n and meta.get("complete")
+                and meta.get("format") == CACHE_FORMAT):
             return out
     out.mkdir(parents=True, exist_ok=True)
     shards = []
@@ -57,7 +61,7 @@ def build_cache(records: Sequence[tuple[Image.Image, str]], out: str | Path,
         name = f"shard-{s:05d}.safetensors"
         shards.append(name)
         stop = min(start + shard_size, n)
-        if (out / name).is_file() and _rows(out / name) == stop - start:
+        if (out / name).is_file() and _rows(out / name, "text_flip_index") == stop - start:
             bar.update(stop - start)
             continue
         moments, flips, captions = [], [], []
@@ -72,11 +76,13 @@ def build_cache(records: Sequence[tuple[Image.Image, str]], out: str | Path,
             flips.append(codec.moments(x.flip(-1)).half().cpu())
             captions += caps
             bar.update(len(batch))
-        unique = sorted(set(captions))
+        mirrored = [mirror_caption(c) for c in captions]
+        unique = sorted(set(captions) | set(mirrored))
         text = torch.cat([text_encoder(unique[i:i + batch_size]).cpu() for i in range(0, len(unique), batch_size)])
         where = {c: i for i, c in enumerate(unique)}
         save_weights({"moments": torch.cat(moments), "moments_flip": torch.cat(flips), "text": text,
-                      "text_index": torch.tensor([where[c] for c in captions])}, out / name)
+                      "text_index": torch.tensor([where[c] for c in captions]),
+                      "text_flip_index": torch.tensor([where[c] for c in mirrored])}, out / name)
     bar.close()
     if config.text_encoder == "tiny-t5":
         tmp = out / "text_encoder.tmp"
@@ -84,7 +90,8 @@ def build_cache(records: Sequence[tuple[Image.Image, str]], out: str | Path,
         text_encoder.save_pretrained(tmp)
         shutil.rmtree(out / "text_encoder", ignore_errors=True)
         tmp.rename(out / "text_encoder")
-    meta = {"signature": signature, "count": n, "shards": shards, "source": source, "complete": True}
+    meta = {"signature": signature, "format": CACHE_FORMAT, "count": n, "shards": shards, "source": source,
+            "complete": True}
     atomic_write(meta_file, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     return out
 
@@ -96,10 +103,10 @@ def _device(*modules) -> torch.device:
     return torch.device("cpu")
 
 
-def _rows(path: Path) -> int:
+def _rows(path: Path, key: str = "text_index") -> int:
     try:
         with safe_open(str(path), "pt") as f:
-            return f.get_slice("text_index").get_shape()[0]
+            return f.get_slice(key).get_shape()[0]
     except Exception:  # a truncated shard from a killed run: redo it
         return -1
 
@@ -109,6 +116,7 @@ class CachedSample:
     moments: torch.Tensor
     moments_flip: torch.Tensor
     text: torch.Tensor
+    text_flip: torch.Tensor | None  # states of the mirrored caption (None: a cache from before they were stored)
 
 
 class FeatureCache(torch.utils.data.Dataset):
@@ -151,9 +159,15 @@ class FeatureCache(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> CachedSample:
         f, r = self._locate(i)
-        t = int(f.get_slice("text_index")[r:r + 1][0])
-        return CachedSample(f.get_slice("moments")[r:r + 1][0].float(), f.get_slice("moments_flip")[r:r + 1][0].float(),
-                            f.get_slice("text")[t:t + 1][0])
+        row = lambda key: f.get_slice(key)[r:r + 1][0]  # noqa: E731
+        text = lambda key: f.get_slice("text")[int(row(key))]  # noqa: E731
+        return CachedSample(row("moments").float(), row("moments_flip").float(), text("text_index"),
+                            text("text_flip_index") if "text_flip_index" in f.keys() else None)
+
+    @property
+    def mirrored(self) -> bool:
+        """Whether the cache holds the mirrored captions' states (caches built before they existed do not)."""
+        return "text_flip_index" in self._locate(0)[0].keys()
 
     def __getstate__(self):  # safe_open handles do not pickle (DataLoader workers reopen them)
         return {**self.__dict__, "_handles": {}}

@@ -28,6 +28,7 @@ class LightGenConfig:
     resolution: int = 512  # default sampling resolution (pixels)
     pos_grid: int = 16  # learned position tables cover pos_grid² tokens (256 officially)
     interpolate_offset: float = 0.1
+    pos_init: str = "normal"  # position tables' init: "normal" (official, std 0.02) or "sincos" (MAE's 2-D table)
     # transformer (one width for encoder, decoder, cross stack and aligner, as officially)
     width: int = 1024
     encoder_depth: int = 16
@@ -50,8 +51,10 @@ class LightGenConfig:
     num_sampling_steps: int = 100
     diffusion_batch_mul: int = 4
     clip_sample: float | None = None  # clamp predicted x0 while sampling (off officially; pixels: 1.0)
+    prediction: str = "epsilon"  # what the head predicts: "epsilon" (official) or "v" (see diffloss.py)
     # training-time behaviour
     mask_ratio_min: float = 0.7
+    timestep_shift: float = 1.0  # > 1 draws training timesteps toward high noise (official: 1, uniform)
     text_drop_prob: float = 0.1
     grad_checkpointing: bool = False
     preset: str | None = field(default=None, compare=False)

@@ -4,6 +4,12 @@ A small AdaLN MLP predicts ε and a learned-range variance for one token `x` giv
 condition `c`. Training: cosine schedule, 1000 steps, loss = MSE(ε) + VB term. Sampling: the 1000-step
 process respaced to `num_sampling_steps`, ancestral steps, CFG on ε only, temperature on the per-step
 noise only.
+
+Two opt-in training options (official defaults: ε, uniform t) exist because the ε-loss barely rewards
+knowing x0 where the noise is high (an x0 error e costs √SNR·e in ε), which is exactly where the sampler
+picks each token's mode, and where only the transformer's context can tell: `prediction="v"`
+(v = √ᾱ·ε − √(1−ᾱ)·x0, whose loss weights x0 errors by 1 + SNR) and `timestep_shift` > 1 (t drawn
+from u' = s·u / (1 + (s−1)·u), u uniform: every t kept, more mass at high noise).
 """
 from __future__ import annotations
 
@@ -138,8 +144,11 @@ def _discretized_gaussian_nll(x, mean, log_scale):
     return -log_probs
 
 
+PREDICTIONS = ("epsilon", "v")
+
+
 class GaussianDiffusion:
-    """ε-prediction, learned-range variance diffusion over the kept subset of a cosine schedule.
+    """ε- (or v-) prediction, learned-range variance diffusion over the kept subset of a cosine schedule.
 
     `use_steps` = all 1000 for training; a respaced subset for sampling, where the network still
     sees the *original* timestep index (no rescaling), as in the official code.
@@ -148,8 +157,11 @@ class GaussianDiffusion:
     precise enough, a minutes-trained one is not, and data with a known range can be clipped.
     """
 
-    def __init__(self, use_steps: list[int], total_steps: int = 1000, clip_x0: float | None = None):
-        self.clip_x0 = clip_x0
+    def __init__(self, use_steps: list[int], total_steps: int = 1000, clip_x0: float | None = None,
+                 prediction: str = "epsilon", timestep_shift: float = 1.0):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction: expected one of {PREDICTIONS}, got {prediction!r}")
+        self.clip_x0, self.prediction, self.timestep_shift = clip_x0, prediction, timestep_shift
         base_ac = torch.cumprod(1 - _cosine_betas(total_steps), 0)
         ac = base_ac[use_steps]
         betas = 1 - ac / torch.cat([torch.ones(1, dtype=ac.dtype), ac[:-1]])
@@ -172,6 +184,26 @@ class GaussianDiffusion:
     def q_sample(self, x0, t, noise):
         return self._at(self.sqrt_ac, t) * x0 + self._at(self.sqrt_1m_ac, t) * noise
 
+    def sample_t(self, n: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training timesteps: uniform (official), or shifted toward high noise by `timestep_shift`."""
+        if self.timestep_shift == 1.0:
+            return torch.randint(0, self.num_steps, (n,), device=device, generator=generator)
+        u = torch.rand(n, device=device, generator=generator)
+        u = self.timestep_shift * u / (1 + (self.timestep_shift - 1) * u)
+        return (u * self.num_steps).long().clamp(max=self.num_steps - 1)
+
+    def target(self, x0, t, noise):
+        """What the network regresses: ε, or v = √ᾱ·ε − √(1−ᾱ)·x0."""
+        if self.prediction == "epsilon":
+            return noise
+        return self._at(self.sqrt_ac, t) * noise - self._at(self.sqrt_1m_ac, t) * x0
+
+    def to_eps(self, out, xt, t):
+        """The network's prediction as ε (v -> ε = √ᾱ·v + √(1−ᾱ)·x_t): CFG and the posterior use ε."""
+        if self.prediction == "epsilon":
+            return out
+        return self._at(self.sqrt_ac, t) * out + self._at(self.sqrt_1m_ac, t) * xt
+
     def _posterior(self, x0, xt, t):
         mean = self._at(self.post_coef1, t) * x0 + self._at(self.post_coef2, t) * xt
         return mean, self._at(self.post_log_var, t)
@@ -188,9 +220,10 @@ class GaussianDiffusion:
     def training_losses(self, net: nn.Module, x0, c, t=None, noise=None, vb: bool = True,
                         fast: bool = True) -> torch.Tensor:
         """Per-row loss (N,): mean_C (ε − ε̂)² + VB (bits; ε detached inside it, as improved-DDPM).
-        `vb=False` gives the plain ε-MSE (what Diffusion-DPO compares). `fast=False`: reference path."""
+        With v-prediction the MSE is on v. `vb=False` gives the plain MSE (what Diffusion-DPO compares).
+        `fast=False`: reference path."""
         if t is None:
-            t = torch.randint(0, self.num_steps, (x0.shape[0],), device=x0.device)
+            t = self.sample_t(x0.shape[0], x0.device)
         if noise is None:
             noise = torch.randn_like(x0)
         xt = self.q_sample(x0, t, noise)
@@ -199,12 +232,12 @@ class GaussianDiffusion:
             out = net.body(net.input_proj(xt), table[t] + net.cond_embed(c))
         else:
             out = net(xt, self.timestep_map.to(t.device)[t], c)
-        eps, v = out.chunk(2, dim=-1)
-        mse = (noise - eps).pow(2).mean(-1)
+        pred, v = out.chunk(2, dim=-1)
+        mse = (self.target(x0, t, noise) - pred).pow(2).mean(-1)
         if not vb:
             return mse
         true_mean, true_lv = self._posterior(x0, xt, t)
-        mean, lv = self.p_mean_logvar(eps.detach(), v, xt, t)
+        mean, lv = self.p_mean_logvar(self.to_eps(pred.detach(), xt, t), v, xt, t)
         kl = _normal_kl(true_mean, true_lv, mean, lv).mean(-1) / math.log(2.0)
         nll = _discretized_gaussian_nll(x0, mean, 0.5 * lv).mean(-1) / math.log(2.0)
         return mse + torch.where(t == 0, nll, kl)
@@ -231,6 +264,8 @@ class GaussianDiffusion:
                 tt = steps[t]
                 out = net(torch.cat([x, x]), torch.cat([tt, tt]), c) if guided else net(x, tt, c)
             eps, v = out.chunk(2, dim=-1)
+            if self.prediction != "epsilon":
+                eps = self.to_eps(eps, torch.cat([x, x]) if guided else x, torch.cat([t, t]) if guided else t)
             if guided:
                 eps_c, eps_u = eps.chunk(2)
                 eps, v = eps_u + cfg * (eps_c - eps_u), v[:n]
@@ -243,12 +278,14 @@ class DiffLoss(nn.Module):
     """The head as laid out officially (`diffloss.net.*`), with its train and sampling processes."""
 
     def __init__(self, target_channels: int, z_channels: int, width: int, depth: int,
-                 num_sampling_steps: int = 100, clip_x0: float | None = None):
+                 num_sampling_steps: int = 100, clip_x0: float | None = None, prediction: str = "epsilon",
+                 timestep_shift: float = 1.0):
         super().__init__()
         self.in_channels = target_channels
         self.net = SimpleMLPAdaLN(target_channels, z_channels, width, depth)
-        self.train_diffusion = GaussianDiffusion(list(range(1000)))
-        self.sample_diffusion = GaussianDiffusion(_spaced_steps(1000, num_sampling_steps), clip_x0=clip_x0)
+        self.train_diffusion = GaussianDiffusion(list(range(1000)), prediction=prediction, timestep_shift=timestep_shift)
+        self.sample_diffusion = GaussianDiffusion(_spaced_steps(1000, num_sampling_steps), clip_x0=clip_x0,
+                                                  prediction=prediction)
 
     def forward(self, target, z, t=None, noise=None, vb: bool = True, fast: bool = True) -> torch.Tensor:
         """Per-row loss (N,); the caller applies the token mask."""

@@ -11,6 +11,7 @@ testbed teacher's render), loser = the current model's own sample.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ def shared_randomness(model, batch: int, length: int, config: LightGenConfig, de
     n_mask = raw.sample_mask_count(length, device)
     drop = torch.rand(batch, device=device) < config.text_drop_prob
     rows = (config.diffusion_batch_mul, batch, n_mask)
-    t = torch.randint(0, raw.diffloss.train_diffusion.num_steps, rows, device=device)
+    t = raw.diffloss.train_diffusion.sample_t(math.prod(rows), device).view(rows)
     noise = torch.randn(*rows, config.token_dim, device=device)
     pair = lambda a, dim: torch.cat([a, a], dim=dim)  # noqa: E731
     return dict(orders=pair(orders, 0), num_masked=n_mask, drop_text=pair(drop, 0),

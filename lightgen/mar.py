@@ -121,6 +121,15 @@ class TextContext:
     kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """MAE's fixed 2-D sin-cos table (1, grid², dim): half the channels encode the row, half the column."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+    axis = torch.arange(grid, dtype=torch.float64)[:, None] * omega
+    axis = torch.cat([axis.sin(), axis.cos()], dim=1)
+    rows, cols = axis[:, None].expand(grid, grid, -1), axis[None].expand(grid, grid, -1)
+    return torch.cat([rows, cols], dim=-1).reshape(1, grid * grid, dim).float()
+
+
 # ------------------------------------------------------------------------------------------- model
 class LightGen(nn.Module):
     def __init__(self, config: LightGenConfig):
@@ -148,13 +157,19 @@ class LightGen(nn.Module):
         self.decoder_norm = nn.LayerNorm(D, eps=1e-6)
         self._init_weights()
         self.diffloss = DiffLoss(c.token_dim, D, c.diffloss_width, c.diffloss_depth, c.num_sampling_steps,
-                                 c.clip_sample)
+                                 c.clip_sample, c.prediction, c.timestep_shift)
         self.diffloss.net.grad_checkpointing = c.grad_checkpointing
 
     def _init_weights(self) -> None:
         for p in (self.last_pos_embed_learned, self.fake_latent, self.encoder_pos_embed_learned,
                   self.mask_token, self.decoder_pos_embed_learned):
             nn.init.normal_(p, std=0.02)
+        if self.config.pos_init == "sincos":  # position as strong as content from step 0 (testbed option)
+            table = sincos_2d(self.config.pos_grid, self.config.width)
+            for p in (self.encoder_pos_embed_learned, self.decoder_pos_embed_learned, self.last_pos_embed_learned):
+                p.data.copy_(table)
+        elif self.config.pos_init != "normal":
+            raise InputError(f"pos_init: expected 'normal' or 'sincos', got {self.config.pos_init!r}")
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)

@@ -6,6 +6,7 @@ A tokenizer that silently came back empty is an error, never a stream of `<unk>`
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,15 @@ import torch.nn as nn
 from lightgen.errors import InputError
 
 _SPECIALS = ["<pad>", "</s>", "<unk>"]
+_SIDES = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def mirror_caption(caption: str) -> str:
+    """The caption of the horizontally flipped image: the words left and right swapped (case kept)."""
+    def swap(m: re.Match) -> str:
+        word = {"left": "right", "right": "left"}[m.group(0).lower()]
+        return word.capitalize() if m.group(0)[0].isupper() else word
+    return _SIDES.sub(swap, caption)
 
 
 def word_level_tokenizer(vocab: list[str]):

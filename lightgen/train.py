@@ -37,6 +37,7 @@ from lightgen.dpo import dpo_loss
 from lightgen.errors import InputError, check_known
 from lightgen.mar import LightGen
 from lightgen.pipeline import read_pipeline_config, write_pipeline
+from lightgen.precision import resolve_mixed_precision
 
 
 @dataclass
@@ -63,9 +64,10 @@ class TrainConfig:
     head_lr_scale: float = 1.0  # the diffusion head's lr / the trunk's (official: 1)
     ema_decay: float = 0.9999
     ema_warmup: bool = False  # decay min(ema_decay, (1+s)/(10+s)): short runs forget the random init
-    flip: bool = True  # random horizontal flip (official); captions are not changed
+    flip: bool = True  # random horizontal flip (official); captions are not changed...
+    mirror_captions: bool = False  # ...unless set: a flipped image trains with left <-> right swapped
     seed: int = 0
-    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (fp16 uses loss scaling)
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (fp16 uses loss scaling) | "auto" (bf16 where native)
     fused_adamw: bool = True  # when the device supports it
     save_every: int = 500
     keep_last: int = 2
@@ -99,8 +101,8 @@ class TrainConfig:
         cfg.betas = tuple(cfg.betas)
         if cfg.objective not in ("kd", "dpo"):
             raise InputError(f"{source}: objective: expected 'kd' or 'dpo', got {cfg.objective!r}")
-        if cfg.mixed_precision not in ("no", "bf16", "fp16"):
-            raise InputError(f"{source}: mixed_precision: expected no|bf16|fp16, got {cfg.mixed_precision!r}")
+        if cfg.mixed_precision not in ("no", "bf16", "fp16", "auto"):
+            raise InputError(f"{source}: mixed_precision: expected no|bf16|fp16|auto, got {cfg.mixed_precision!r}")
         if cfg.batch_size < 1 or cfg.steps < 1:
             raise InputError(f"{source}: batch_size and steps must be >= 1")
         if cfg.head_lr_scale < 0:
@@ -148,10 +150,11 @@ class _StepBatches(torch.utils.data.Sampler):
 
 
 class _Rows(torch.utils.data.Dataset):
-    """Cache rows for the objective: KD -> (moments, text); DPO -> (winner, loser, text)."""
+    """Cache rows for the objective: KD -> (moments, text); DPO -> (winner, loser, text). A flipped row
+    takes the mirrored caption's states when `mirror` is set."""
 
-    def __init__(self, caches: list[FeatureCache]):
-        self.caches = caches
+    def __init__(self, caches: list[FeatureCache], mirror: bool = False):
+        self.caches, self.mirror = caches, mirror
 
     def __len__(self):
         return len(self.caches[0])
@@ -160,7 +163,7 @@ class _Rows(torch.utils.data.Dataset):
         step, i, flip = item
         rows = [c[i] for c in self.caches]
         moments = [r.moments_flip if flip else r.moments for r in rows]
-        return (step, *moments, rows[0].text)
+        return (step, *moments, rows[0].text_flip if flip and self.mirror else rows[0].text)
 
 
 def _collate(items):
@@ -292,9 +295,13 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
         caches.append(losers)
     if len(caches[0]) < cfg.batch_size:
         raise InputError(f"cache: {len(caches[0])} samples is fewer than one batch of {cfg.batch_size}")
+    if cfg.flip and cfg.mirror_captions and not caches[0].mirrored:
+        raise InputError(f"cache: {cfg.cache} holds no mirrored captions (built by an older version); rebuild it "
+                         "with `lightgen-bench cache` or set mirror_captions: false")
 
     AcceleratorState._reset_state()  # a process may run several trainings with different precisions
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.trackers or None, project_dir=str(out))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    acc = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision, device), log_with=cfg.trackers or None, project_dir=str(out))
     torch.manual_seed(cfg.seed)
     model = LightGen(config)
     reference = None
@@ -340,7 +347,7 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
     model, opt = acc.prepare(model, opt)
     raw_model = acc.unwrap_model(model)
     loader = torch.utils.data.DataLoader(
-        _Rows(caches), batch_sampler=_StepBatches(len(caches[0]), cfg, start, acc.process_index, acc.num_processes),
+        _Rows(caches, cfg.mirror_captions), batch_sampler=_StepBatches(len(caches[0]), cfg, start, acc.process_index, acc.num_processes),
         collate_fn=_collate, num_workers=cfg.num_workers, pin_memory=acc.device.type == "cuda")
     objective = dpo_loss if cfg.objective == "dpo" else kd_loss
     metrics_file = out / "metrics.csv"

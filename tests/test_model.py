@@ -70,6 +70,41 @@ def test_diffusion_schedule_matches_improved_ddpm():
     assert d.sqrt_ac[500].item() ** 2 == pytest.approx(ab(501 / 1000) / ab(0), rel=1e-4)
 
 
+def test_v_prediction_target_converts_back_to_the_noise():
+    d = GaussianDiffusion(list(range(1000)), prediction="v")
+    torch.manual_seed(0)
+    x0, noise, t = torch.randn(50, 6), torch.randn(50, 6), torch.arange(0, 1000, 20)
+    torch.testing.assert_close(d.to_eps(d.target(x0, t, noise), d.q_sample(x0, t, noise), t), noise,
+                               rtol=0, atol=1e-5)
+    eps = GaussianDiffusion(list(range(1000)))
+    assert eps.target(x0, t, noise) is noise and eps.to_eps(noise, x0, t) is noise
+
+
+def test_timestep_shift_one_is_the_official_uniform_draw():
+    torch.manual_seed(0)
+    official = torch.randint(0, 1000, (4000,))
+    torch.manual_seed(0)
+    assert torch.equal(GaussianDiffusion(list(range(1000))).sample_t(4000), official)
+    t = GaussianDiffusion(list(range(1000)), timestep_shift=3.0).sample_t(40000)
+    assert t.min() == 0 and t.max() == 999
+    assert t.float().median().item() == pytest.approx(750, abs=15)  # u = 0.5 -> 3·0.5 / (1 + 2·0.5)
+
+
+def test_sincos_position_init_is_an_option_and_normal_the_default():
+    from lightgen.mar import sincos_2d
+
+    official = small_model()
+    assert official.decoder_pos_embed_learned.std().item() == pytest.approx(0.02, rel=0.2)
+    model = small_model(pos_init="sincos")
+    table = sincos_2d(8, 48)
+    for p in (model.encoder_pos_embed_learned, model.decoder_pos_embed_learned, model.last_pos_embed_learned):
+        assert torch.equal(p.data, table)
+    near, far = (table[0, 9] @ table[0, 10]).item(), (table[0, 9] @ table[0, 63]).item()
+    assert near > far  # neighbouring tokens have similar codes: locality from step 0
+    with pytest.raises(InputError, match="pos_init"):
+        small_model(pos_init="rope")
+
+
 def test_mask_count_is_truncated_normal_on_official_support():
     model = small_model(mask_ratio_min=0.7)
     torch.manual_seed(0)
@@ -136,9 +171,9 @@ def test_sampling_deterministic_per_seed_and_independent_of_batch():
     assert torch.equal(batched, again)
 
 
-@pytest.mark.parametrize("schedule", ["constant", "linear"])
-def test_cached_sampler_equals_reference_path(schedule):
-    model = small_model().eval()
+@pytest.mark.parametrize("schedule,prediction", [("constant", "epsilon"), ("linear", "epsilon"), ("constant", "v")])
+def test_cached_sampler_equals_reference_path(schedule, prediction):
+    model = small_model(prediction=prediction).eval()
     text = torch.randn(2, 16, 64)
     kw = dict(num_iter=5, cfg=2.5, cfg_schedule=schedule)
     fast = model.sample_tokens(text, gens([1, 2]), cache=True, **kw)

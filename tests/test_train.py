@@ -67,6 +67,33 @@ def test_cache_round_trip_and_flip(caches):
     assert row.text.shape == (16, 64)
 
 
+def test_flipped_images_train_with_the_mirrored_caption(tmp_path):
+    from lightgen.train import _Rows
+
+    config = LightGenConfig.from_preset("testbed", **{**MODEL, "text_vocab": MODEL["text_vocab"] + ["left", "right",
+                                                                                                   "of"]})
+    image = _records(1)[0][0]
+    encoder = build_text_encoder(config)
+    cache = FeatureCache(build_cache([(image, "a red circle left of a blue square")], tmp_path / "c", config,
+                                     build_codec(config), encoder, 32))
+    states = lambda caption: encoder([caption])[0]  # noqa: E731
+    _, moments, text = _Rows([cache], mirror=True)[(0, 0, True)]
+    torch.testing.assert_close(moments, cache[0].moments_flip)
+    torch.testing.assert_close(text, states("a red circle right of a blue square"))
+    assert not torch.allclose(text, states("a red circle left of a blue square"))
+    _, moments, text = _Rows([cache], mirror=True)[(0, 0, False)]  # not flipped: the caption as written
+    torch.testing.assert_close(text, states("a red circle left of a blue square"))
+    _, _, text = _Rows([cache], mirror=False)[(0, 0, True)]  # official: flipped images keep their caption
+    torch.testing.assert_close(text, states("a red circle left of a blue square"))
+
+
+def test_mirror_caption_swaps_sides_only():
+    from lightgen.text import mirror_caption
+
+    assert mirror_caption("Left of a box, right of a disc") == "Right of a box, left of a disc"
+    assert mirror_caption("a leftover bright circle") == "a leftover bright circle"
+
+
 def test_cache_is_validated_against_the_model(caches):
     with pytest.raises(InputError, match="cache was built for another model/resolution: max_length"):
         FeatureCache(caches[0], LightGenConfig.from_preset("testbed", **{**MODEL, "max_length": 8}))
