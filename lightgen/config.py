@@ -28,6 +28,7 @@ class LightGenConfig:
     resolution: int = 512  # default sampling resolution (pixels)
     pos_grid: int = 16  # learned position tables cover pos_grid² tokens (256 officially)
     interpolate_offset: float = 0.1
+    rel_pos_bias: bool = False  # testbed option: learned 2-D relative-offset attention bias in encoder/decoder
     pos_init: str = "normal"  # position tables' init: "normal" (official, std 0.02) or "sincos" (MAE's 2-D table)
     # transformer (one width for encoder, decoder, cross stack and aligner, as officially)
     width: int = 1024

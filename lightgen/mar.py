@@ -39,31 +39,44 @@ def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    """timm `Attention` (fused qkv, SDPA) with timm's parameter names."""
+    """timm `Attention` (fused qkv, SDPA) with timm's parameter names.
 
-    def __init__(self, dim: int, heads: int, attn_drop: float, proj_drop: float):
+    `rel_grid` (testbed option, not official): a learned bias per head and 2-D token offset (Swin-style),
+    initialised to −slope·distance² with one slope per head (0 for the first head, which stays global), so
+    attention is local from step 0 instead of waiting for the learned position tables to grow and align
+    with the query/key projections (a zero-initialised bias moves by ~lr per Adam step: too slow)."""
+
+    def __init__(self, dim: int, heads: int, attn_drop: float, proj_drop: float, rel_grid: int | None = None):
         super().__init__()
         self.heads, self.attn_drop = heads, attn_drop
         self.qkv, self.proj, self.proj_drop = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), nn.Dropout(proj_drop)
+        if rel_grid:
+            d = torch.arange(1 - rel_grid, rel_grid, dtype=torch.float32)
+            dist2 = (d[:, None] ** 2 + d[None] ** 2).flatten()
+            slopes = torch.tensor([0.0] + [2.0 ** (i - (heads - 1) // 2) for i in range(heads - 1)])
+            self.rel_pos_bias = nn.Parameter(-slopes[:, None] * dist2)
 
-    def forward(self, x):
+    def forward(self, x, rel: torch.Tensor | None = None):
+        """`rel` (B or 1, T, T): offset index of each (query, key) token pair, for `rel_pos_bias`."""
         q, k, v = (_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        bias = self.rel_pos_bias[:, rel].transpose(0, 1).to(q.dtype) if rel is not None else None
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(x.transpose(1, 2).flatten(2)))
 
 
 class Block(nn.Module):
     """Pre-norm ViT block (timm `Block` semantics: no LayerScale, no DropPath)."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, attn_drop: float, proj_drop: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, attn_drop: float, proj_drop: float,
+                 rel_grid: int | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads, attn_drop, proj_drop)
+        self.attn = Attention(dim, heads, attn_drop, proj_drop, rel_grid)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), proj_drop)
 
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x, rel: torch.Tensor | None = None):
+        x = x + self.attn(self.norm1(x), rel)
         return x + self.mlp(self.norm2(x))
 
 
@@ -136,7 +149,8 @@ class LightGen(nn.Module):
         super().__init__()
         self.config = c = config
         D, n_pos = c.width, c.pos_grid ** 2
-        blk = lambda: Block(D, c.num_heads, c.mlp_ratio, c.attn_dropout, c.proj_dropout)  # noqa: E731
+        rel_grid = c.pos_grid if c.rel_pos_bias else None
+        blk = lambda: Block(D, c.num_heads, c.mlp_ratio, c.attn_dropout, c.proj_dropout, rel_grid)  # noqa: E731
         # registration order reproduces the official state_dict order
         self.last_pos_embed_learned = nn.Parameter(torch.zeros(1, n_pos, D))
         self.fake_latent = nn.Parameter(torch.zeros(1, 1, D))
@@ -202,9 +216,19 @@ class LightGen(nn.Module):
         assert t.shape[-2:] == (cols, rows), (t.shape, rows, cols)
         return t.permute(0, 2, 3, 1).reshape(1, rows * cols, -1).to(table.dtype)
 
-    def positions(self, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return tuple(self.interpolate_pos(t, rows, cols) for t in (
+    def positions(self, rows: int, cols: int) -> tuple[torch.Tensor, ...]:
+        """Encoder, decoder and last position tables for a grid, and (with `rel_pos_bias`) the (L, L) index
+        of every token pair's offset into the bias tables (offsets beyond the table are clamped)."""
+        tables = tuple(self.interpolate_pos(t, rows, cols) for t in (
             self.encoder_pos_embed_learned, self.decoder_pos_embed_learned, self.last_pos_embed_learned))
+        if not self.config.rel_pos_bias:
+            return (*tables, None)
+        g = self.config.pos_grid
+        r, c = (a.flatten().to(tables[0].device) for a in torch.meshgrid(torch.arange(rows), torch.arange(cols),
+                                                                         indexing="ij"))
+        dr = (r[:, None] - r[None]).clamp(1 - g, g - 1) + g - 1
+        dc = (c[:, None] - c[None]).clamp(1 - g, g - 1) + g - 1
+        return (*tables, dr * (2 * g - 1) + dc)
 
     # -------------------------------------------------------------------------------------- text
     def align_text(self, text_states: torch.Tensor) -> torch.Tensor:
@@ -232,17 +256,19 @@ class LightGen(nn.Module):
         `repeat`: the text batch is `repeat`× the token batch (CFG's [cond ‖ uncond]); encoder and
         decoder never see the text, so they run once and their output is repeated for the cross stack."""
         B, L, _ = tokens.shape
-        enc_pos, dec_pos, last_pos = pos
+        enc_pos, dec_pos, last_pos, rel = pos
         x = self.z_proj_ln(self.z_proj(tokens) + enc_pos)
         index = vis[..., None].expand(-1, -1, x.shape[-1])
         x = x.gather(1, index)
+        enc_rel = rel[vis[:, :, None], vis[:, None, :]] if rel is not None else None  # visible pairs
         for block in self.encoder_blocks:
-            x = self._run(block, x)
+            x = self._run(block, x, enc_rel)
         x = self.decoder_embed(self.encoder_norm(x))
         full = self.mask_token.to(x.dtype).expand(B, L, -1).scatter(1, index, x)
         x = full + dec_pos
+        dec_rel = rel[None] if rel is not None else None
         for block in self.decoder_blocks:
-            x = self._run(block, x)
+            x = self._run(block, x, dec_rel)
         x = self.last_embed(self.decoder_norm(x)) + last_pos
         x = x.repeat(repeat, 1, 1)
         kv = text.kv if text.kv is not None else self.text_kv(text.states)

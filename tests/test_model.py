@@ -105,6 +105,25 @@ def test_sincos_position_init_is_an_option_and_normal_the_default():
         small_model(pos_init="rope")
 
 
+def test_relative_position_bias_is_opt_in_and_local():
+    assert not any("rel_pos_bias" in k for k in small_model().state_dict())  # official keys unchanged
+    model = small_model(rel_pos_bias=True).eval()
+    names = [k for k in model.state_dict() if "rel_pos_bias" in k]
+    assert len(names) == 2 and all(model.state_dict()[k].shape == (4, 15 * 15) for k in names)
+    rel = model.positions(8, 8)[3]
+    centre = 7 * 15 + 7  # offset (0, 0)
+    assert rel[9, 9] == centre and rel[9, 10] == centre - 1 and rel[9, 17] == centre - 15  # (query − key)
+    x, text = torch.randn(2, 3, 32, 32), torch.randn(2, 16, 64)
+    mask = torch.zeros(2, 64)
+    mask[:, ::2] = 1
+    before = model.forward_features(model.patchify(x), mask, text, 32, 32)
+    with torch.no_grad():
+        for k in names:
+            model.get_parameter(k)[:, centre + 1] = 5.0  # every head looks at the left-hand neighbour
+    after = model.forward_features(model.patchify(x), mask, text, 32, 32)
+    assert (after - before).abs().max() > 1e-2
+
+
 def test_mask_count_is_truncated_normal_on_official_support():
     model = small_model(mask_ratio_min=0.7)
     torch.manual_seed(0)
@@ -171,9 +190,13 @@ def test_sampling_deterministic_per_seed_and_independent_of_batch():
     assert torch.equal(batched, again)
 
 
-@pytest.mark.parametrize("schedule,prediction", [("constant", "epsilon"), ("linear", "epsilon"), ("constant", "v")])
-def test_cached_sampler_equals_reference_path(schedule, prediction):
-    model = small_model(prediction=prediction).eval()
+@pytest.mark.parametrize("schedule,option", [("constant", {}), ("linear", {}), ("constant", {"prediction": "v"}),
+                                             ("constant", {"rel_pos_bias": True})])
+def test_cached_sampler_equals_reference_path(schedule, option):
+    model = small_model(**option).eval()
+    for name, p in model.named_parameters():
+        if "rel_pos_bias" in name:
+            p.data.normal_()  # zero-initialised: give it an effect
     text = torch.randn(2, 16, 64)
     kw = dict(num_iter=5, cfg=2.5, cfg_schedule=schedule)
     fast = model.sample_tokens(text, gens([1, 2]), cache=True, **kw)
