@@ -24,10 +24,11 @@ from typing import Any
 
 import yaml
 
-from bench.experiment import (DataSpec, EvalSpec, argv, cached, distilled, evaluate, run_record, run_training,
-                              train_config)
-from bench.geneval.layout import write_text
+from bench.config import train_config
+from bench.experiment import DataSpec, EvalSpec, cached, distilled, evaluate, run_training
+from bench.provenance import run_record
 from lightgen.errors import InputError, check_known
+from lightgen.files import read_yaml, write_text
 from lightgen.probe import probe_pipeline
 from lightgen.train import TrainConfig
 
@@ -51,11 +52,7 @@ class AblationConfig:
 
     @classmethod
     def load(cls, path: str | Path, kind: str) -> "AblationConfig":
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise InputError(f"{path}: cannot read the ablation config ({e})") from e
-        raw = check_known({"kind": kind, **raw}, cls, str(path))
+        raw = check_known({"kind": kind, **read_yaml(path, "ablation config")}, cls, str(path))
         if raw["kind"] != kind:
             raise InputError(f"{path}: kind: file is for {raw['kind']!r}, command asked for {kind!r}")
         if not raw.get("points"):
@@ -125,47 +122,48 @@ def plan(ab: AblationConfig, work: Path) -> list[Point]:
     return points
 
 
-def _train_point(p: Point, work: Path, launcher: str | None) -> Path:
+def _train_point(cfg: TrainConfig, launcher: str | None) -> Path:
     if launcher == "accelerate":
-        cfg_file = Path(p.train.out) / "train.yaml"
+        cfg_file = Path(cfg.out) / "train.yaml"
         cfg_file.parent.mkdir(parents=True, exist_ok=True)
-        cfg_file.write_text(yaml.safe_dump(dataclasses.asdict(p.train)))
+        cfg_file.write_text(yaml.safe_dump(dataclasses.asdict(cfg)))
         subprocess.run(["accelerate", "launch", "-m", "bench.cli", "train", "--config", str(cfg_file)], check=True)
-        return Path(p.train.out) / "pipeline"
-    return run_training(p.train)
+        return Path(cfg.out) / "pipeline"
+    return run_training(cfg)
 
 
-def run_ablation(ab: AblationConfig, output: Path, work: Path, launcher: str | None = None) -> dict:
-    """Run (or resume) every point; write table, plot and run.json into `output`."""
+def run_ablation(ab: AblationConfig, output: Path, work: Path, command: list[str], launcher: str | None = None) -> dict:
+    """Run (or resume) every point; write table, plot and run.json (recording `command`) into `output`."""
     started = time.perf_counter()
     eval_spec = EvalSpec(**check_known(ab.eval, EvalSpec, "eval"))
-    points, results = plan(ab, work), []
-    kd_pipe, run, probes = None, None, {}  # probes: one per pipeline (guidance points share one)
-    for p in points:
+    results, run, probes = [], None, {}  # probes: one per pipeline (guidance points share one)
+    for p in plan(ab, work):
         run = p if p.train is not None else run  # the training run this point reads (snapshots, DPO)
         done = output / "points" / p.label / "summary.json"
         if not done.is_file():
-            run.train.cache = str(cached(distilled(work, run.data), run.train))
-            if p.train is not None:
-                trained = _train_point(p, work, launcher)
-            if ab.kind == "dpo" and p.train is None:
-                pipeline = _dpo_point(ab, p, kd_pipe, work)
-            else:  # snapshot points (steps, guidance) read the run trained by the first of them
-                pipeline = p.pipeline or trained
-            spec = dataclasses.replace(eval_spec, cfg=p.extra["cfg"]) if "cfg" in p.extra else eval_spec
-            summary = evaluate(pipeline, work / "eval" / p.label, spec)
-            if pipeline not in probes:  # on the KD training data
-                probes[pipeline] = probe_pipeline(pipeline, run.train.cache)
-            summary["probe"] = probes[pipeline]
-            write_text(done, json.dumps({**summary, "point": {"label": p.label, "x": p.x, **p.extra,
-                                                              "data": dataclasses.asdict(p.data)}}, indent=2))
-        if ab.kind == "dpo" and p.label == "before-dpo":
-            kd_pipe = Path(p.train.out) / "pipeline"
+            write_text(done, json.dumps(_run_point(ab, p, run, work, eval_spec, launcher, probes), indent=2))
         results.append((p, json.loads(done.read_text())))
     write_outputs(ab, results, output)
-    record = run_record(argv(), dataclasses.asdict(ab), started)
+    record = run_record(command, dataclasses.asdict(ab), started)
     write_text(output / "run.json", json.dumps(record, indent=2, default=str))
     return {"points": [{"label": p.label, "overall": s["overall"]} for p, s in results]}
+
+
+def _run_point(ab: AblationConfig, p: Point, run: Point, work: Path, eval_spec: EvalSpec, launcher: str | None,
+               probes: dict[Path, dict]) -> dict:
+    """Train (the first point of a run) or reuse the run, evaluate and probe; the point's summary."""
+    train = dataclasses.replace(run.train, cache=str(cached(distilled(work, run.data), run.train)))
+    trained = _train_point(train, launcher) if p.train is not None else None
+    if ab.kind == "dpo" and p.train is None:
+        pipeline = _dpo_point(ab, p, Path(train.out) / "pipeline", work)
+    else:  # snapshot points (steps, guidance) read the run trained by the first of them
+        pipeline = p.pipeline or trained
+    spec = dataclasses.replace(eval_spec, cfg=p.extra["cfg"]) if "cfg" in p.extra else eval_spec
+    summary = evaluate(pipeline, work / "eval" / p.label, spec)
+    if pipeline not in probes:  # on the KD training data
+        probes[pipeline] = probe_pipeline(pipeline, train.cache)
+    return {**summary, "probe": probes[pipeline],
+            "point": {"label": p.label, "x": p.x, **p.extra, "data": dataclasses.asdict(p.data)}}
 
 
 def _dpo_point(ab: AblationConfig, p: Point, kd_pipe: Path, work: Path) -> Path:

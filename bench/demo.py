@@ -10,12 +10,11 @@ import json
 import time
 from pathlib import Path
 
-import yaml
-
-from bench.experiment import (DataSpec, EvalSpec, argv, cached, distilled, evaluate, run_record, run_training,
-                              train_config)
-from bench.geneval.layout import write_text
+from bench.config import train_config
+from bench.experiment import DataSpec, EvalSpec, cached, distilled, evaluate, run_training
+from bench.provenance import run_record
 from lightgen.errors import InputError, check_known
+from lightgen.files import read_yaml, write_text
 from lightgen.probe import probe_pipeline
 from lightgen.train import TrainConfig
 
@@ -36,18 +35,16 @@ def _merge(base: dict, extra: dict) -> dict:
 
 def load_demo_config(path: str | Path | None, quick: bool) -> dict:
     path = Path(path or DEFAULT_CONFIG)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise InputError(f"{path}: cannot read the demo config ({e})") from e
+    raw = read_yaml(path, "demo config")
     known = {"data", "kd_config", "kd", "dpo_config", "dpo", "dpo_pairs", "eval"}
     if unknown := sorted(set(raw) - known):
         raise InputError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
     return _merge(raw, QUICK) if quick else raw
 
 
-def run_demo(config: dict, output: Path, work: Path, seed: int = 0) -> dict:
-    """Run (or resume) the demo; returns the summary written to `output/summary.json`."""
+def run_demo(config: dict, output: Path, work: Path, seed: int, command: list[str]) -> dict:
+    """Run (or resume) the demo; returns the summary written to `output/summary.json`. `command` is the
+    command line recorded in `output/run.json`."""
     started = time.perf_counter()
     from bench.testbed.captions import max_diversity, sample_captions
     from bench.testbed.teacher import TestbedTeacher
@@ -75,7 +72,7 @@ def run_demo(config: dict, output: Path, work: Path, seed: int = 0) -> dict:
         summary["probe"] = probe_pipeline(pipe, kd.cache, completion_images=COMPLETION_IMAGES)
 
     summary = write_report(output, work, data_spec, {"KD (before DPO)": before, "KD + DPO": after}, kd, dpo)
-    record = run_record(argv(), {"demo": config, "kd": dataclasses.asdict(kd), "dpo": dataclasses.asdict(dpo)},
+    record = run_record(command, {"demo": config, "kd": dataclasses.asdict(kd), "dpo": dataclasses.asdict(dpo)},
                         started)
     write_text(output / "run.json", json.dumps(record, indent=2, default=str))
     return {**summary, "wall_s": record["wall_s"]}

@@ -5,18 +5,15 @@ so the demo and the ablations resume where they stopped and share data between g
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from bench.geneval.layout import TESTBED_PROMPTS, read_prompts, write_text
+from bench.geneval.layout import TESTBED_PROMPTS, read_prompts
+from lightgen.files import write_text
 from lightgen.train import TrainConfig, train
 
 
@@ -41,7 +38,8 @@ class DataSpec:
     seed: int = 0
 
 
-def _key(obj: Any) -> str:
+def digest(obj: Any) -> str:
+    """A short stable hash of JSON-able settings, for folder names that say what made them."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -68,20 +66,9 @@ def cached(data: Path, cfg: TrainConfig) -> Path:
 
     config = cfg.model_config()
     resolution = cfg.resolution or config.resolution
-    out = data.with_name(f"{data.name}.cache-{_key(cache_signature(config, resolution))}")
+    out = data.with_name(f"{data.name}.cache-{digest(cache_signature(config, resolution))}")
     return build_cache(T2IFolder(data), out, config, build_codec(config), build_text_encoder(config), resolution,
                        source=str(data))
-
-
-def train_config(base: str, *overrides: dict, **fixed) -> TrainConfig:
-    """A training config file (relative to the repo root) with override layers applied in order."""
-    from bench.cli.train import load_train_config, resolve_vocab
-
-    cfg = load_train_config(str(Path(__file__).resolve().parents[1] / base))
-    merged = dataclasses.asdict(cfg)
-    for layer in (*overrides, fixed):
-        merged.update(layer)
-    return resolve_vocab(TrainConfig.from_dict(merged, base))
 
 
 def run_training(cfg: TrainConfig) -> Path:
@@ -125,26 +112,8 @@ def teacher_fid(images: Path, prompts: list[dict], spec: EvalSpec) -> dict:
     from bench.geneval.generate import generate
     from bench.testbed.teacher import TestbedTeacher
 
-    reference = images.parent.parent / f"teacher-{_key([prompts, spec.n_samples, spec.seed])}"  # shared by runs
+    reference = images.parent.parent / f"teacher-{digest([prompts, spec.n_samples, spec.seed])}"  # shared by runs
     generate(TestbedTeacher(), prompts, reference, n_samples=spec.n_samples, batch_size=256, seed=spec.seed + 1,
              progress=False)
     files = lambda root: sorted(str(p) for p in root.glob("*/samples/*.png"))  # noqa: E731
     return fid(files(images), files(reference), extractor="testbed", cache_dir=None)
-
-
-def run_record(command: list[str], config: dict, started: float) -> dict:
-    """What every results folder records: the command, config, versions, git commit, wall time."""
-    from bench.geneval.score import environment
-
-    return {"command": " ".join(command), "config": config, "wall_s": time.perf_counter() - started,
-            "python": platform.python_version(), "torch_threads": torch.get_num_threads(), **environment()}
-
-
-def argv() -> list[str]:
-    """The `lightgen-bench ...` command line being run (as typed, or as passed to click in-process)."""
-    from bench.cli import _Group
-
-    return ["lightgen-bench", *_Group.invocation]
-
-
-

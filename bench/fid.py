@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from bench.geneval.layout import atomic_path
 from lightgen.errors import InputError
+from lightgen.files import atomic_path
 
 IMAGE_EXTS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}  # clean-fid's, any case
 CACHE_DIR = Path(os.environ.get("LIGHTGEN_BENCH_CACHE", Path.home() / ".cache" / "lightgen-bench")) / "fid"

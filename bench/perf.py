@@ -156,7 +156,7 @@ def run_perf(preset: str, what: str, batch: int, resolution: int | None, device:
              steps: int = 64, cfg: float = 4.0, reference: bool = True, out: str | Path | None = None,
              overrides: dict | None = None) -> dict:
     """Measure one workload (optimised and reference) and write a JSON record."""
-    from bench.geneval.score import environment
+    from bench.provenance import environment
 
     config = LightGenConfig.from_preset(preset, **(overrides or {}))
     dev = torch.device(device)

@@ -13,8 +13,9 @@ from typing import Iterable, Mapping, Sequence
 import pandas as pd
 import yaml
 
-from bench.geneval.layout import EVAL_CONFIGS, atomic_path, write_text
+from bench.geneval.layout import EVAL_CONFIGS
 from lightgen.errors import InputError
+from lightgen.files import atomic_path, write_text
 
 PAPER_TABLES = EVAL_CONFIGS / "baselines" / "paper_tables.yaml"
 SCORES = {"single_object": "Single Obj.", "two_object": "Two Obj.", "colors": "Colors", "counting": "Counting",

@@ -21,7 +21,8 @@ from PIL import Image
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from lightgen.checkpoint import atomic_write, save_weights
+from lightgen.checkpoint import save_weights
+from lightgen.files import atomic_write
 from lightgen.codecs import LatentCodec
 from lightgen.config import LightGenConfig
 from lightgen.errors import InputError

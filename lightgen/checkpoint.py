@@ -2,12 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import pickle
-import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -15,43 +11,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lightgen.errors import InputError
+from lightgen.files import atomic_write
 
 # Everything an official LightGen/MAR checkpoint pickles besides tensors and plain containers.
 OFFICIAL_PTH_ALLOWLIST = [argparse.Namespace]
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a hidden temporary sibling of `path`; on success it replaces `path` in one rename, so
-    readers never see a half-written file (and dot-names never match a sample or shard pattern)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def writable_dir(path: str | Path, field: str) -> Path:
-    """Create `path` and prove it writable before any long job starts, or raise an InputError."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path / ".write-test"):
-            pass
-    except OSError as e:
-        raise InputError(f"{field}: {path} is not a writable directory ({e.strerror or e})") from None
-    return path
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
-    """Call `write(tmp_path)` inside `atomic_path(path)`."""
-    with atomic_path(path) as tmp:
-        write(tmp)
 
 
 def save_weights(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:

@@ -60,6 +60,12 @@ class LightGenConfig:
     grad_checkpointing: bool = False
     preset: str | None = field(default=None, compare=False)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.text_vocab, str):
+            raise InputError(f"text_vocab: expected a list of words or null, got the name {self.text_vocab!r}; the "
+                             "library resolves no names ('testbed' is the testbed grammar's vocabulary: load the "
+                             "config with bench.config.load_train_config, as `lightgen-bench train` does)")
+
     @property
     def token_dim(self) -> int:
         return self.latent_channels * self.patch_size ** 2

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from lightgen.checkpoint import atomic_write, writable_dir
+from lightgen.files import atomic_write, writable_dir
 from lightgen.errors import InputError
 
 SHARD_SIZE = 1000

@@ -98,7 +98,7 @@ def build_pairs(ckpt: str | Path, out: str | Path, winners, captions: list[str] 
 
 def _copy_rows(reference, out: Path, count: int, key) -> None:
     """The first `count` rows of a reference dataset, re-indexed like a distilled folder."""
-    from lightgen.checkpoint import atomic_write
+    from lightgen.files import atomic_write
 
     for i in range(count):
         image, caption = reference[i]

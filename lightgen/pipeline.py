@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lightgen.checkpoint import (atomic_write, check_state_dict, load_into, load_official_pth, load_weights,
-                                 save_weights)
+from lightgen.checkpoint import check_state_dict, load_into, load_official_pth, load_weights, save_weights
 from lightgen.codecs import LatentCodec, build_codec
 from lightgen.config import LightGenConfig
 from lightgen.errors import InputError
+from lightgen.files import atomic_write
 from lightgen.mar import LightGen
 from lightgen.text import TextEncoder
 

@@ -25,16 +25,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from lightgen.cache import FeatureCache
-from lightgen.checkpoint import load_into, load_weights, save_weights, writable_dir
+from lightgen.checkpoint import load_into, load_weights, save_weights
 from lightgen.codecs import config_latents
 from lightgen.config import LightGenConfig
 from lightgen.dpo import dpo_loss
 from lightgen.errors import InputError, check_known
+from lightgen.files import read_yaml, writable_dir
 from lightgen.mar import LightGen
 from lightgen.pipeline import read_pipeline_config, write_pipeline
 from lightgen.precision import resolve_mixed_precision
@@ -86,14 +86,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "TrainConfig":
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise InputError(f"{path}: cannot read the training config ({e})") from e
-        if not isinstance(raw, dict):
-            raise InputError(f"{path}: expected a mapping of training options")
-        return cls.from_dict({**raw, **(overrides or {})}, str(path))
+        return cls.from_dict({**read_yaml(path, "training config"), **(overrides or {})}, str(path))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "TrainConfig":
@@ -107,6 +100,10 @@ class TrainConfig:
             raise InputError(f"{source}: batch_size and steps must be >= 1")
         if cfg.head_lr_scale < 0:
             raise InputError(f"{source}: head_lr_scale: expected >= 0, got {cfg.head_lr_scale}")
+        try:
+            cfg.model_config()  # preset and model fields are checked now, not at the first training step
+        except InputError as e:
+            raise InputError(f"{source}: {e}") from None
         return cfg
 
     def model_config(self) -> LightGenConfig:
@@ -280,6 +277,41 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
     from accelerate.state import AcceleratorState
 
     out = writable_dir(cfg.out, "out")
+    config, caches = _open_caches(cfg)
+    AcceleratorState._reset_state()  # a process may run several trainings with different precisions
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    acc = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision, device),
+                      log_with=cfg.trackers or None, project_dir=str(out))
+    model, reference = _build_models(cfg, config, acc.device)
+    ckpt = _find_checkpoint(cfg, config, resume, out / "checkpoints")
+    if ckpt is not None:
+        load_into(model, ckpt["model"], "checkpoint model")
+    model.to(acc.device)
+    ema = [p.detach().clone() for p in model.parameters()]
+    if ckpt is not None:
+        names = [n for n, _ in model.named_parameters()]
+        ema = [ckpt["ema"][n].to(acc.device) for n in names]
+    opt, lr_scales = _build_optimizer(cfg, model, acc.device, ckpt, out / "checkpoints")
+    start = ckpt["step"] if ckpt is not None else 0
+    prepared, opt = acc.prepare(model, opt)
+    run = _Run(cfg, config, acc, prepared, acc.unwrap_model(prepared), opt, lr_scales, ema, reference, caches, out)
+    loader = torch.utils.data.DataLoader(
+        _Rows(caches, cfg.mirror_captions),
+        batch_sampler=_StepBatches(len(caches[0]), cfg, start, acc.process_index, acc.num_processes), collate_fn=_collate, num_workers=cfg.num_workers, pin_memory=acc.device.type == "cuda")
+    if acc.is_main_process:
+        _truncate_metrics(out / "metrics.csv", start)
+        acc.init_trackers("lightgen", config={k: v for k, v in dataclasses.asdict(cfg).items()
+                                              if isinstance(v, (int, float, str, bool))})
+    run.loop(loader, start, on_step)
+    final = out / "pipeline"
+    if acc.is_main_process:
+        export(final, config, run.raw_model, ema, caches[0])
+    acc.end_training()
+    return final
+
+
+def _open_caches(cfg: TrainConfig) -> tuple[LightGenConfig, list[FeatureCache]]:
+    """The model config and the objective's feature caches (KD: one; DPO: winners, losers), checked."""
     if cfg.objective == "dpo" and not (cfg.init_from and cfg.loser_cache):
         raise InputError("DPO needs init_from (the reference model) and loser_cache (the losers' features)")
     config = cfg.model_config()
@@ -298,10 +330,12 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
     if cfg.flip and cfg.mirror_captions and not caches[0].mirrored:
         raise InputError(f"cache: {cfg.cache} holds no mirrored captions (built by an older version); rebuild it "
                          "with `lightgen-bench cache` or set mirror_captions: false")
+    return config, caches
 
-    AcceleratorState._reset_state()  # a process may run several trainings with different precisions
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    acc = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision, device), log_with=cfg.trackers or None, project_dir=str(out))
+
+def _build_models(cfg: TrainConfig, config: LightGenConfig, device) -> tuple[LightGen, LightGen | None]:
+    """The model to train (seeded init, then `init_from`'s weights if given) and, for DPO, the frozen reference
+    (on `device`)."""
     torch.manual_seed(cfg.seed)
     model = LightGen(config)
     reference = None
@@ -311,8 +345,12 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
         if cfg.objective == "dpo":
             reference = LightGen(config).eval().requires_grad_(False)
             load_into(reference, init_state, f"init_from {cfg.init_from}")
-            reference.to(acc.device)
-    ckpt_root = out / "checkpoints"
+            reference.to(device)
+    return model, reference
+
+
+def _find_checkpoint(cfg: TrainConfig, config: LightGenConfig, resume: str | None, ckpt_root: Path) -> dict | None:
+    """The checkpoint to resume from ("auto": the latest good one in `ckpt_root`), made for this model config."""
     ckpt = None
     if resume == "auto":
         ckpt = latest_checkpoint(ckpt_root)
@@ -325,13 +363,13 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
         if saved.model_config() != config:
             raise InputError(f"resume: checkpoint at {ckpt_root} was made for another model config "
                              f"(preset {saved.preset!r}, this run {cfg.preset!r})")
-        load_into(model, ckpt["model"], "checkpoint model")
-    model.to(acc.device)
-    ema = [p.detach().clone() for p in model.parameters()]
-    if ckpt is not None:
-        names = [n for n, _ in model.named_parameters()]
-        ema = [ckpt["ema"][n].to(acc.device) for n in names]
-    fused = cfg.fused_adamw and acc.device.type == "cuda"
+    return ckpt
+
+
+def _build_optimizer(cfg: TrainConfig, model: LightGen, device, ckpt: dict | None,
+                     ckpt_root: Path) -> tuple[torch.optim.Optimizer, list[float]]:
+    """AdamW over the official parameter groups (state restored from `ckpt`) and each group's lr scale."""
+    fused = cfg.fused_adamw and device.type == "cuda"
     groups = param_groups(model, cfg.weight_decay, cfg.head_lr_scale)
     # kept out of the optimizer state, so a resumed run follows its config's scale as it follows its lr
     lr_scales = [g.pop("lr_scale") for g in groups]
@@ -342,65 +380,86 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
                              f"parameter groups, this trainer {len(opt.param_groups)} (written before head_lr_scale "
                              "existed); start a new run or --resume none")
         opt.load_state_dict(_optimizer_state(ckpt["optimizer_tensors"], ckpt["optimizer"]))
-    start = ckpt["step"] if ckpt is not None else 0
-    lr_at = lambda s: cfg.learning_rate * min(1.0, (s + 1) / max(1, cfg.warmup_steps))  # noqa: E731
-    model, opt = acc.prepare(model, opt)
-    raw_model = acc.unwrap_model(model)
-    loader = torch.utils.data.DataLoader(
-        _Rows(caches, cfg.mirror_captions), batch_sampler=_StepBatches(len(caches[0]), cfg, start, acc.process_index, acc.num_processes),
-        collate_fn=_collate, num_workers=cfg.num_workers, pin_memory=acc.device.type == "cuda")
-    objective = dpo_loss if cfg.objective == "dpo" else kd_loss
-    metrics_file = out / "metrics.csv"
-    if acc.is_main_process:
-        _truncate_metrics(metrics_file, start)
-        acc.init_trackers("lightgen", config={k: v for k, v in dataclasses.asdict(cfg).items()
-                                              if isinstance(v, (int, float, str, bool))})
-    params = list(raw_model.parameters())
-    bar = tqdm(total=cfg.steps, initial=start, desc=cfg.objective, unit="step", disable=not acc.is_main_process)
-    t_last, seen = time.perf_counter(), 0
-    model.train()
-    for step, *batch in loader:
+    return opt, lr_scales
+
+
+@dataclass
+class _Run:
+    """The live objects of one training run; the loop's jobs (step, log, save) are its methods."""
+
+    cfg: TrainConfig
+    config: LightGenConfig
+    acc: Any  # accelerate.Accelerator
+    model: torch.nn.Module  # as prepared by accelerate
+    raw_model: LightGen
+    opt: torch.optim.Optimizer
+    lr_scales: list[float]
+    ema: list[torch.Tensor]
+    reference: LightGen | None
+    caches: list[FeatureCache]
+    out: Path
+
+    def lr_at(self, step: int) -> float:
+        return self.cfg.learning_rate * min(1.0, (step + 1) / max(1, self.cfg.warmup_steps))
+
+    def loop(self, loader, start: int, on_step: Callable[[int, dict[str, float]], None] | None) -> None:
+        cfg, acc = self.cfg, self.acc
+        params = list(self.raw_model.parameters())
+        bar = tqdm(total=cfg.steps, initial=start, desc=cfg.objective, unit="step", disable=not acc.is_main_process)
+        t_last, seen = time.perf_counter(), 0
+        self.model.train()
+        for step, *batch in loader:
+            loss, extra, grad_norm = self.step(step, batch)
+            with torch.no_grad():
+                decay = min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
+                torch._foreach_lerp_(self.ema, [p.detach() for p in params], 1.0 - decay)
+            seen += cfg.batch_size
+            done = step + 1
+            if acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):
+                now = time.perf_counter()
+                row = {"step": done, "loss": loss.item(), "lr": self.lr_at(step), "grad_norm": float(grad_norm),
+                       "img_per_s": seen / (now - t_last), **extra}
+                t_last, seen = now, 0
+                self.log(done, row, bar, on_step)
+            bar.update(1)
+            if acc.is_main_process:
+                self.save(done)
+            acc.wait_for_everyone()
+        bar.close()
+
+    def step(self, step: int, batch: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """One optimizer step; every random draw is seeded from (seed, step, rank)."""
+        cfg, acc = self.cfg, self.acc
         torch.manual_seed(_seed(cfg.seed, step, acc.process_index))
-        for group, scale in zip(opt.param_groups, lr_scales):
-            group["lr"] = lr_at(step) * scale
+        for group, scale in zip(self.opt.param_groups, self.lr_scales):
+            group["lr"] = self.lr_at(step) * scale
         batch = [b.to(acc.device, non_blocking=True) for b in batch]
+        objective = dpo_loss if cfg.objective == "dpo" else kd_loss
         with acc.autocast():
-            loss, extra = objective(model, batch, config, reference=reference, cfg=cfg)
+            loss, extra = objective(self.model, batch, self.config, reference=self.reference, cfg=cfg)
         if not torch.isfinite(loss.detach()).item():
             raise TrainingDiverged(f"step {step}: loss is {loss.item()}; stopping (last good checkpoint kept in "
-                                   f"{ckpt_root})")
+                                   f"{self.out / 'checkpoints'})")
         acc.backward(loss)
-        grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
-        seen += cfg.batch_size
-        done = step + 1
-        if acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):
-            now = time.perf_counter()
-            row = {"step": done, "loss": loss.item(), "lr": lr_at(step), "grad_norm": float(grad_norm),
-                   "img_per_s": seen / (now - t_last), **extra}
-            t_last, seen = now, 0
-            _append_metrics(metrics_file, row)
-            acc.log(row, step=done)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
-            if on_step:
-                on_step(done, row)
-        bar.update(1)
-        if acc.is_main_process:
-            if done % cfg.save_every == 0 or done == cfg.steps:
-                write_checkpoint(ckpt_root, done, raw_model, ema, opt, cfg, cfg.keep_last)
-            if done in cfg.export_steps:
-                export(out / "snapshots" / f"step-{done:08d}", config, raw_model, ema, caches[0])
-        acc.wait_for_everyone()
-    bar.close()
-    final = out / "pipeline"
-    if acc.is_main_process:
-        export(final, config, raw_model, ema, caches[0])
-    acc.end_training()
-    return final
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss, extra, grad_norm
+
+    def log(self, done: int, row: dict[str, float], bar, on_step) -> None:
+        _append_metrics(self.out / "metrics.csv", row)
+        self.acc.log(row, step=done)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
+        if on_step:
+            on_step(done, row)
+
+    def save(self, done: int) -> None:
+        """A checkpoint every `save_every` steps and at the end; a pipeline at each of `export_steps`."""
+        cfg = self.cfg
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            write_checkpoint(self.out / "checkpoints", done, self.raw_model, self.ema, self.opt, cfg, cfg.keep_last)
+        if done in cfg.export_steps:
+            export(self.out / "snapshots" / f"step-{done:08d}", self.config, self.raw_model, self.ema, self.caches[0])
 
 
 def export(path: Path, config: LightGenConfig, model: LightGen, ema: list[torch.Tensor], cache: FeatureCache) -> Path:

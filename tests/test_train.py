@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,6 +212,17 @@ def test_bad_train_config(tmp_path, raw, match):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(InputError, match=match):
+        TrainConfig.from_yaml(path)
+
+
+def test_testbed_vocabulary_is_resolved_by_the_harness_and_refused_by_the_library():
+    """`text_vocab: testbed` names the testbed grammar's words: bench resolves it, lightgen says how to."""
+    from bench.config import load_train_config
+    from bench.testbed.captions import vocabulary
+
+    path = Path(__file__).resolve().parents[1] / "eval_configs" / "train" / "testbed_kd.yaml"
+    assert load_train_config(path, ("steps=3",)).model["text_vocab"] == vocabulary()
+    with pytest.raises(InputError, match=r"testbed_kd.yaml: text_vocab: .* got the name 'testbed'.*load_train_config"):
         TrainConfig.from_yaml(path)
 
 

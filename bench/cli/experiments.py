@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from bench.cli import main
+from bench.cli.group import main
 
 
 @main.command(epilog="""\b
@@ -21,7 +21,8 @@ Examples:
 @click.option("--work", default=None, help="Data, caches, checkpoints (default: runs/demo[-quick]).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's).")
-def demo(config_path, quick, output, work, seed, threads):
+@click.pass_obj
+def demo(command_line, config_path, quick, output, work, seed, threads):
     """Distil → KD → DPO → GenEval + FID → paper-style table, on the testbed. Resumable."""
     import json
 
@@ -33,7 +34,7 @@ def demo(config_path, quick, output, work, seed, threads):
         torch.set_num_threads(threads)
     work = Path(work or ("runs/demo-quick" if quick else "runs/demo"))
     output = Path(output or (work / "results" if quick else "results/demo"))
-    summary = run_demo(load_demo_config(config_path, quick), output, work, seed)
+    summary = run_demo(load_demo_config(config_path, quick), output, work, seed, command_line)
     click.echo((output / "table.md").read_text())
     click.echo(json.dumps(summary["runs"], indent=2))
     click.echo(f"wall time {summary['wall_s'] / 60:.1f} min; results in {output}")
@@ -55,7 +56,8 @@ Examples:
 @click.option("--launcher", type=click.Choice(["local", "accelerate"]), default="local", show_default=True,
               help="'accelerate': each training runs under `accelerate launch` (several processes/GPUs).")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's).")
-def ablate(kind, config_path, output, work, dry_run, launcher, threads):
+@click.pass_obj
+def ablate(command_line, kind, config_path, output, work, dry_run, launcher, threads):
     """Run an ablation grid; finished points are skipped on rerun."""
     import torch
 
@@ -70,7 +72,7 @@ def ablate(kind, config_path, output, work, dry_run, launcher, threads):
         click.echo(describe(ab, work, measured_step_seconds(ab)))
         return
     output = Path(output or f"results/testbed/{kind}")
-    result = run_ablation(ab, output, work, None if launcher == "local" else launcher)
+    result = run_ablation(ab, output, work, command_line, None if launcher == "local" else launcher)
     click.echo((output / "table.md").read_text())
     for p in result["points"]:
         click.echo(f"{p['label']:>24}: overall {p['overall']:.3f}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from bench.cli import main
+from bench.cli.group import main
 from bench.geneval.rules import Rules
 from lightgen.errors import InputError
 
@@ -200,7 +200,7 @@ def fid_cmd(a, b, extractor, inception, resolution, num, batch_size, num_workers
     import torch
 
     from bench.fid import CACHE_DIR, CleanInception, fid
-    from bench.geneval.layout import write_text
+    from lightgen.files import write_text
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = CleanInception(inception) if inception and extractor == "clean" else extractor

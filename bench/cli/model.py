@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from bench.cli import main
+from bench.cli.group import main
 
 
 @main.command(epilog="""\b

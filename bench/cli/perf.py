@@ -5,7 +5,7 @@ import json
 
 import click
 
-from bench.cli import main
+from bench.cli.group import main
 
 
 @main.command(epilog="""\b
@@ -29,7 +29,7 @@ Examples:
 @click.option("--output", "out", type=click.Path(dir_okay=False), default=None, help="Write the JSON record here.")
 def perf(preset, what, batch, resolution, steps, cfg, iters, reference, device, overrides, out):
     """Images/s, step time, peak memory (and FLOPs / MFU on a GPU), optimised vs reference."""
-    from bench.cli.train import parse_overrides
+    from bench.config import parse_overrides
     from bench.perf import run_perf
 
     record = run_perf(preset, what, batch, resolution, device, iters=iters, steps=steps, cfg=cfg,

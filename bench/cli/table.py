@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from bench.cli import main
+from bench.cli.group import main
 
 
 @main.command(epilog="""\b

@@ -2,36 +2,10 @@
 from __future__ import annotations
 
 import click
-import yaml
 
-from bench.cli import main
+from bench.cli.group import main
+from bench.config import load_train_config
 from lightgen.errors import InputError
-
-
-def parse_overrides(pairs: tuple[str, ...]) -> dict:
-    """`--set key=value` (value parsed as YAML, so numbers, lists and booleans work)."""
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise InputError(f"--set {pair!r}: expected key=value")
-        key, value = pair.split("=", 1)
-        out[key] = yaml.safe_load(value)
-    return out
-
-
-def load_train_config(path: str, overrides: tuple[str, ...] = ()):
-    """A TrainConfig from YAML; `model.text_vocab: testbed` means the testbed grammar's vocabulary."""
-    from lightgen.train import TrainConfig
-
-    return resolve_vocab(TrainConfig.from_yaml(path, parse_overrides(overrides)))
-
-
-def resolve_vocab(cfg):
-    """`model.text_vocab: testbed` stands for the testbed grammar's vocabulary (lightgen can't import bench)."""
-    if cfg.model.get("text_vocab") == "testbed":
-        from bench.testbed.captions import vocabulary
-        cfg.model = {**cfg.model, "text_vocab": vocabulary()}
-    return cfg
 
 
 _SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from PIL import Image
 
-from lightgen.checkpoint import atomic_path
+from lightgen.files import atomic_path, write_text
 from lightgen.errors import InputError
 
 EVAL_CONFIGS = Path(__file__).resolve().parents[2] / "eval_configs"
@@ -27,11 +27,6 @@ OFFICIAL_PROMPTS = EVAL_CONFIGS / "geneval" / "evaluation_metadata.jsonl"
 TESTBED_PROMPTS = EVAL_CONFIGS / "testbed" / "geneval_testbed.jsonl"
 OBJECT_NAMES = tuple((EVAL_CONFIGS / "geneval" / "object_names.txt").read_text().splitlines())
 SAMPLE_RE = re.compile(r"\d+\.png")  # used with .match: anchored at the start only, as officially
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 def read_prompts(path: str | os.PathLike) -> list[dict]:

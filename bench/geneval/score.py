@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Collection, Sequence
 
@@ -24,14 +22,12 @@ from tqdm.auto import tqdm
 
 from bench.geneval.colors import ColorClassifier
 from bench.geneval.detectors import Detector
-from bench.geneval.layout import read_layout, write_text
+from bench.geneval.layout import read_layout
 from bench.geneval.rules import COLORS, RELATIONS, TAGS, Rules, decide, filter_detections
 from bench.geneval.summary import format_summary, read_results, summarize, summary_path, write_summary
+from bench.provenance import environment
 from lightgen.errors import InputError
-
-PACKAGES = ("lightgen-bench", "torch", "torchvision", "transformers", "open_clip_torch", "numpy", "pillow",
-            "mmdet", "mmcv")
-
+from lightgen.files import write_text
 
 def validate_metadata(meta: dict, where: str, classes: Collection[str]) -> None:
     """Reject what the official scorer would silently mis-score: unknown tags, classes, colours."""
@@ -57,28 +53,6 @@ def validate_metadata(meta: dict, where: str, classes: Collection[str]) -> None:
                 check(key == "include" and isinstance(p, list) and len(p) == 2 and p[0] in RELATIONS
                       and isinstance(p[1], int) and 0 <= p[1] < i, f + ".position",
                       f"[relation in {', '.join(RELATIONS)}, index of an earlier include clause], got {p!r}")
-
-
-def environment() -> dict:
-    """Package versions and the git commit (+dirty when tracked files other than `results/` differ from it:
-    a run that rewrites its own committed results is still a run of that commit), for the summary."""
-    versions = {}
-    for p in PACKAGES:
-        try:
-            versions[p] = version(p)
-        except PackageNotFoundError:
-            pass
-    repo = Path(__file__).resolve().parents[2]
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD") or None
-        if commit and git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"):
-            commit += "+dirty"
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"versions": versions, "git_commit": commit}
 
 
 class _Images(torch.utils.data.Dataset):
@@ -148,17 +122,40 @@ def score(outdir: str | os.PathLike, detector: Detector, color_classifier: Color
     """
     outdir = Path(outdir)
     results = Path(results) if results else outdir / "results.jsonl"
+    todo = images_to_score(outdir, detector.classes, prompts, n_samples, allow_missing)
+    scorer = {"detector": detector.name, "checkpoint": detector.checkpoint, "image_size": detector.image_size,
+              "color_classifier": f"{color_classifier.name}:{color_classifier.checkpoint}"}
+    rows = resume_results(results, scorer)
+    done = {_key(r["filename"]) for r in rows}
+    todo = [(m, p) for m, p in todo if _key(str(p)) not in done]
+    start = time.perf_counter()
+    timing = _score_images(todo, detector, color_classifier, rules, scorer, results, rows, batch_size, num_workers,
+                           progress)
+    timing["total_s"] = time.perf_counter() - start
+    timing["images"] = len(todo)
+
+    summary = {**summarize(rows), **scorer, "rules": asdict(rules), "outdir": str(outdir), "results": str(results),
+               **environment(), "timing": {**timing, "images_per_s": len(todo) / timing["total_s"] if todo else None}}
+    write_summary(summary, summary_path(results), outdir.name, f"{detector.name}:{detector.checkpoint}")
+    errors = [(r["filename"], r["error"]) for r in rows if r.get("error")]
+    return ScoreRun(summary, results, errors)
+
+
+def images_to_score(outdir: Path, classes: Sequence[str], prompts: Sequence[dict] | None, n_samples: int | None,
+                    allow_missing: bool) -> list[tuple[dict, Path]]:
+    """(metadata, image) of every sample under `outdir`, after checking the folders against `prompts`
+    and `n_samples`; unfinished or missing folders are errors unless `allow_missing`."""
     folders = read_layout(outdir)
     problems = []
     for f in folders:
         if f.metadata is None:
             problems.append(f"{f.path}/metadata.jsonl: missing (unfinished prompt folder)")
             continue
-        validate_metadata(f.metadata, f"{f.path}/metadata.jsonl", set(detector.classes))
+        validate_metadata(f.metadata, f"{f.path}/metadata.jsonl", set(classes))
         if n_samples and len(f.samples) != n_samples:
             problems.append(f"{f.path}/samples: expected {n_samples} images, found {len(f.samples)}")
     if prompts is not None:
-        canon = lambda m: json.dumps(m, sort_keys=True)
+        canon = lambda m: json.dumps(m, sort_keys=True)  # noqa: E731
         missing = Counter(map(canon, prompts)) - Counter(canon(f.metadata) for f in folders if f.metadata)
         problems += [f"{outdir}: no prompt folder for {json.loads(m)['prompt']!r}" for m in missing.elements()]
     if problems and not allow_missing:
@@ -167,9 +164,12 @@ def score(outdir: str | os.PathLike, detector: Detector, color_classifier: Color
     todo = [(f.metadata, p) for f in folders if f.metadata for p in f.samples]
     if not todo:
         raise InputError(f"{outdir}: no images to score")
+    return todo
 
-    scorer = {"detector": detector.name, "checkpoint": detector.checkpoint, "image_size": detector.image_size,
-              "color_classifier": f"{color_classifier.name}:{color_classifier.checkpoint}"}
+
+def resume_results(results: Path, scorer: dict) -> list[dict]:
+    """The good rows already in `results` (a file scored by another scorer is refused). Error rows and a torn
+    last line are dropped from the file, so their images are scored again."""
     rows = read_results(results) if results.exists() else []
     for r in rows:
         if any(r.get(k) != v for k, v in scorer.items()):
@@ -179,12 +179,17 @@ def score(outdir: str | os.PathLike, detector: Detector, color_classifier: Color
     text = "".join(json.dumps(r) + "\n" for r in rows)
     if results.exists() and results.read_text() != text:  # drop error rows and a torn last line
         write_text(results, text)
-    done = {_key(r["filename"]) for r in rows}
-    todo = [(m, p) for m, p in todo if _key(str(p)) not in done]
+    return rows
 
+
+def _score_images(todo: list[tuple[dict, Path]], detector: Detector, color_classifier: ColorClassifier, rules: Rules,
+                  scorer: dict, results: Path, rows: list[dict], batch_size: int, num_workers: int,
+                  progress: bool) -> Counter:
+    """Detect, filter, classify colours and decide, batch by batch; each batch's rows are appended (and fsynced)
+    to `results` and to `rows`. Returns the detector / colour time."""
     loader = torch.utils.data.DataLoader(_Images([p for _, p in todo]), batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=list)
-    timing, start = Counter(), time.perf_counter()
+    timing = Counter()
     results.parent.mkdir(parents=True, exist_ok=True)
     with results.open("a") as out, tqdm(total=len(todo), desc="geneval-score", disable=not progress) as bar:
         for batch in loader:
@@ -204,14 +209,7 @@ def score(outdir: str | os.PathLike, detector: Detector, color_classifier: Color
             os.fsync(out.fileno())
             rows += new
             bar.update(len(batch))
-    timing["total_s"] = time.perf_counter() - start
-    timing["images"] = len(todo)
-
-    summary = {**summarize(rows), **scorer, "rules": asdict(rules), "outdir": str(outdir), "results": str(results),
-               **environment(), "timing": {**timing, "images_per_s": len(todo) / timing["total_s"] if todo else None}}
-    write_summary(summary, summary_path(results), outdir.name, f"{detector.name}:{detector.checkpoint}")
-    errors = [(r["filename"], r["error"]) for r in rows if r.get("error")]
-    return ScoreRun(summary, results, errors)
+    return timing
 
 
 def report(run: ScoreRun) -> str:

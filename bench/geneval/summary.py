@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from bench.geneval.layout import write_text
 from bench.geneval.rules import TAGS
+from lightgen.files import write_text
 
 
 def read_results(path: str | os.PathLike) -> list[dict]:

@@ -1,0 +1,57 @@
+"""The harness's training configs: YAML + `--set` overrides, with the testbed's names resolved.
+
+`model.text_vocab: testbed` stands for the testbed grammar's vocabulary. `lightgen` cannot import the
+testbed, so it refuses the bare name; every config the harness trains from is resolved here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from lightgen.errors import InputError
+from lightgen.files import read_yaml
+
+if TYPE_CHECKING:
+    from lightgen.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]  # config paths in the harness's own configs are relative to it
+
+
+def parse_overrides(pairs: tuple[str, ...]) -> dict:
+    """`--set key=value` (value parsed as YAML, so numbers, lists and booleans work)."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise InputError(f"--set {pair!r}: expected key=value")
+        key, value = pair.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def resolve_vocab(raw: dict[str, Any]) -> dict[str, Any]:
+    """A raw training config with `model.text_vocab: testbed` replaced by the testbed's word list."""
+    model = raw.get("model")
+    if isinstance(model, dict) and model.get("text_vocab") == "testbed":
+        from bench.testbed.captions import vocabulary
+        return {**raw, "model": {**model, "text_vocab": vocabulary()}}
+    return raw
+
+
+def load_train_config(path: str | Path, overrides: tuple[str, ...] = ()) -> TrainConfig:
+    """A training config file with `--set` overrides."""
+    from lightgen.train import TrainConfig  # torch: imported when a command needs it, not at CLI start
+
+    raw = {**read_yaml(path, "training config"), **parse_overrides(overrides)}
+    return TrainConfig.from_dict(resolve_vocab(raw), str(path))
+
+
+def train_config(base: str | Path, *layers: dict, **fixed) -> TrainConfig:
+    """A training config file (relative to the repo root) with override layers applied in order."""
+    from lightgen.train import TrainConfig
+
+    merged = read_yaml(ROOT / base, "training config")
+    for layer in (*layers, fixed):
+        merged.update(layer)
+    return TrainConfig.from_dict(resolve_vocab(merged), str(base))
