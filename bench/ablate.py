@@ -116,7 +116,7 @@ def plan(ab: AblationConfig, work: Path) -> list[Point]:
         run = _train_cfg(ab, work / "train" / "kd", resolution=base.resolution)
         for i, g in enumerate(ab.points):  # the first point trains; all evaluate its final pipeline
             points.append(Point(f"cfg{float(g):g}", float(g), base, run if i == 0 else None,
-                                Path(run.out) / "pipeline", base.resolution, {"cfg": float(g)}))
+                                Path(run.out) / "pipeline", base.resolution, {"guidance_scale": float(g)}))
     else:
         raise InputError(f"kind: expected one of {KINDS}, got {ab.kind!r}")
     return points
@@ -158,7 +158,7 @@ def _run_point(ab: AblationConfig, p: Point, run: Point, work: Path, eval_spec: 
         pipeline = _dpo_point(ab, p, Path(train.out) / "pipeline", work)
     else:  # snapshot points (steps, guidance) read the run trained by the first of them
         pipeline = p.pipeline or trained
-    spec = dataclasses.replace(eval_spec, cfg=p.extra["cfg"]) if "cfg" in p.extra else eval_spec
+    spec = dataclasses.replace(eval_spec, guidance_scale=p.extra.get("guidance_scale", eval_spec.guidance_scale))
     summary = evaluate(pipeline, work / "eval" / p.label, spec)
     if pipeline not in probes:  # on the KD training data
         probes[pipeline] = probe_pipeline(pipeline, train.cache)
@@ -174,7 +174,8 @@ def _dpo_point(ab: AblationConfig, p: Point, kd_pipe: Path, work: Path) -> Path:
     eval_spec = EvalSpec(**ab.eval)
     captions = sample_captions(ab.dpo_pairs, p.data.diversity or max_diversity(), p.data.seed + 1)
     pairs = build_pairs(kd_pipe, work / "pairs", winners=TestbedTeacher(p.resolution), captions=captions,
-                        seed=p.data.seed + 1, steps=eval_spec.steps, cfg=eval_spec.cfg)
+                        seed=p.data.seed + 1, steps=eval_spec.steps,
+                        guidance_scale=eval_spec.guidance_scale)
     cfg = train_config(ab.dpo_config, ab.dpo, out=str(work / "train" / p.label), init_from=str(kd_pipe),
                        dpo_beta=p.extra["beta"], resolution=p.resolution)
     cfg.cache, cfg.loser_cache = str(cached(pairs / "winner", cfg)), str(cached(pairs / "loser", cfg))

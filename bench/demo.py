@@ -62,7 +62,8 @@ def run_demo(config: dict, output: Path, work: Path, seed: int, command: list[st
 
     captions = sample_captions(config.get("dpo_pairs", 1024), data_spec.diversity or max_diversity(), seed + 1)
     pairs = build_pairs(kd_pipe, work / "pairs", winners=TestbedTeacher(data_spec.resolution), captions=captions,
-                        seed=seed + 1, steps=eval_spec.steps, cfg=eval_spec.cfg)
+                        seed=seed + 1, steps=eval_spec.steps,
+                        guidance_scale=eval_spec.guidance_scale)
     dpo = train_config(config.get("dpo_config", "eval_configs/train/testbed_dpo.yaml"), config.get("dpo", {}),
                         out=str(work / "dpo"), seed=seed, init_from=str(kd_pipe), resolution=data_spec.resolution)
     dpo.cache, dpo.loser_cache = str(cached(pairs / "winner", dpo)), str(cached(pairs / "loser", dpo))

@@ -23,7 +23,7 @@ class EvalSpec:
 
     n_samples: int = 1  # images per prompt (official GenEval: 4)
     steps: int = 16  # AR steps
-    cfg: float = 4.0
+    guidance_scale: float = 4.0
     temperature: float = 1.0
     seed: int = 0
     limit: int | None = None  # an evenly spaced subset of N prompts, every tag included (smoke runs)
@@ -36,6 +36,7 @@ class DataSpec:
     diversity: int | None = None  # distinct captions (default: all the grammar has)
     resolution: int = 32
     seed: int = 0
+    token_grid: int | None = None  # the token-aligned world: box edges on an N × N grid (default: anywhere)
 
 
 def digest(obj: Any) -> str:
@@ -50,10 +51,11 @@ def distilled(root: Path, spec: DataSpec) -> Path:
     from lightgen.distill import distill
 
     diversity = spec.diversity or max_diversity()
-    out = root / f"data-n{spec.n}-d{diversity}-r{spec.resolution}-s{spec.seed}"
+    grid = f"-g{spec.token_grid}" if spec.token_grid else ""
+    out = root / f"data-n{spec.n}-d{diversity}-r{spec.resolution}-s{spec.seed}{grid}"
     if not (out / "meta.json").is_file() or not json.loads((out / "meta.json").read_text()).get("complete"):
-        distill(TestbedTeacher(spec.resolution), sample_captions(spec.n, diversity, spec.seed), out, seed=spec.seed,
-                batch_size=256, extra={"diversity": diversity})
+        distill(TestbedTeacher(spec.resolution, spec.token_grid), sample_captions(spec.n, diversity, spec.seed), out,
+                seed=spec.seed, batch_size=256, extra={"diversity": diversity})
     return out
 
 
@@ -83,7 +85,7 @@ def evaluate(pipeline: Path, outdir: Path, spec: EvalSpec, prompts_file: Path = 
     """Testbed GenEval summary (+ FID vs teacher renders of the same prompts and seeds)."""
     from bench.geneval.colors import get_color_classifier
     from bench.geneval.detectors import get_detector
-    from bench.geneval.generate import LightGenGenerator, generate
+    from bench.geneval.generate import generate, get_generator
     from bench.geneval.score import score
 
     prompts = read_prompts(prompts_file)
@@ -93,7 +95,8 @@ def evaluate(pipeline: Path, outdir: Path, spec: EvalSpec, prompts_file: Path = 
     summary_file = outdir / "evaluation.json"  # written last: its presence means the step is complete
     if summary_file.is_file():
         return json.loads(summary_file.read_text())
-    generator = LightGenGenerator(str(pipeline), steps=spec.steps, guidance=spec.cfg, temperature=spec.temperature)
+    generator = get_generator(ckpt=str(pipeline), steps=spec.steps, guidance_scale=spec.guidance_scale,
+                              temperature=spec.temperature)
     t0 = time.perf_counter()
     generate(generator, prompts, outdir / "images", n_samples=spec.n_samples, batch_size=64, seed=spec.seed)
     gen_s = time.perf_counter() - t0

@@ -126,7 +126,7 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
-class _Images(torch.utils.data.Dataset):
+class _ImageTensors(torch.utils.data.Dataset):
     """Paths, PIL images or (3, H, W) tensors -> float (3, H, W) in [0, 1], optionally clean-resized."""
 
     def __init__(self, items: Sequence, resolution: int | None):
@@ -162,7 +162,7 @@ def features(source: Source, model: str | nn.Module | Callable[[], nn.Module], *
         model = get_extractor(model) if isinstance(model, str) else model()
     model = model.eval().to(device) if device else model.eval()
     dev = device or next(iter(model.parameters()), torch.empty(0)).device
-    loader = torch.utils.data.DataLoader(_Images(items, resolution), batch_size=batch_size, num_workers=num_workers)
+    loader = torch.utils.data.DataLoader(_ImageTensors(items, resolution), batch_size=batch_size, num_workers=num_workers)
     try:
         with torch.inference_mode():
             return np.concatenate([model(b.to(dev)).float().cpu().numpy().reshape(len(b), -1) for b in loader])

@@ -114,7 +114,7 @@ def perf_train(config: LightGenConfig, batch: int, resolution: int, device: torc
 
 
 def perf_sample(config: LightGenConfig, batch: int, resolution: int, device: torch.device, steps: int,
-                cfg: float, iters: int, reference: bool) -> dict:
+                guidance_scale: float, iters: int, reference: bool) -> dict:
     torch.manual_seed(0)
     model = LightGen(config).to(device).eval()
     _, text = _inputs(config, batch, resolution, device)
@@ -124,7 +124,7 @@ def perf_sample(config: LightGenConfig, batch: int, resolution: int, device: tor
             for i in range(0, batch, n_per_call):
                 chunk = text[i:i + n_per_call]
                 gens = [torch.Generator(device).manual_seed(i + k) for k in range(len(chunk))]
-                model.sample_tokens(chunk, gens, num_iter=steps, cfg=cfg, height=resolution, width=resolution,
+                model.sample_tokens(chunk, gens, num_iter=steps, guidance_scale=guidance_scale, height=resolution, width=resolution,
                                     cache=cache)
         return call
 
@@ -153,7 +153,7 @@ def perf_fid(dim: int, n: int, reference: bool) -> dict:
 
 
 def run_perf(preset: str, what: str, batch: int, resolution: int | None, device: str, iters: int = 3,
-             steps: int = 64, cfg: float = 4.0, reference: bool = True, out: str | Path | None = None,
+             steps: int = 64, guidance_scale: float = 4.0, reference: bool = True, out: str | Path | None = None,
              overrides: dict | None = None) -> dict:
     """Measure one workload (optimised and reference) and write a JSON record."""
     from bench.provenance import environment
@@ -165,7 +165,7 @@ def run_perf(preset: str, what: str, batch: int, resolution: int | None, device:
     if what == "train":
         results = perf_train(config, batch, res, dev, iters, reference)
     elif what == "sample":
-        results = perf_sample(config, batch, res, dev, steps, cfg, iters, reference)
+        results = perf_sample(config, batch, res, dev, steps, guidance_scale, iters, reference)
     elif what == "fid":
         results = perf_fid(2048, max(batch, 4096), reference)
     else:

@@ -49,9 +49,10 @@ def read_captions(path: str | os.PathLike) -> list[str]:
     return captions
 
 
-def sample_seed(seed: int, index: int) -> int:
-    """Per-image seed from (run seed, sample index): decorrelated, < 2**32."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+def sample_seed(seed: int, *indices: int) -> int:
+    """Per-image seed from the run seed and the image's indices (distillation: sample; GenEval: prompt,
+    sample), through numpy's SeedSequence hash: decorrelated, < 2**32, independent of batching."""
+    return int(np.random.SeedSequence([seed, *indices]).generate_state(1)[0])
 
 
 def sample_key(index: int) -> str:
@@ -188,27 +189,30 @@ class T2IFolder(Dataset):
         return (self.transform(image) if self.transform else image), self.caption(i)
 
 
-class DiffusersTeacher:
-    """Any diffusers text-to-image pipeline (hub id, local path or a pipeline object) as a teacher.
+class SeededPipeline:
+    """A diffusers-style text-to-image pipeline as a `Teacher`: a diffusers hub id or local path, or an object
+    called as `pipe(prompt=[...], generator=[...]).images` (a diffusers pipeline, a `LightGenPipeline`).
 
-    Each image gets its own `torch.Generator` seeded with its sample seed, so an image does not
-    depend on the batch it was rendered in. `call_kwargs` go to every pipeline call
-    (e.g. num_inference_steps, guidance_scale, height, width).
+    Each image gets its own `torch.Generator` seeded with its sample seed, so an image does not depend on
+    the batch it was rendered in. `call_kwargs` go to every call (e.g. num_inference_steps, guidance_scale,
+    height, width).
     """
 
-    def __init__(self, id_or_path: Any, device: str = "cpu", name: str | None = None, **call_kwargs: Any):
-        from diffusers import DiffusionPipeline
+    def __init__(self, pipeline: Any, device: str = "cpu", name: str | None = None, dtype: torch.dtype | None = None,
+                 **call_kwargs: Any):
+        if isinstance(pipeline, (str, os.PathLike)):
+            from diffusers import DiffusionPipeline
 
-        if isinstance(id_or_path, (str, os.PathLike)):
             try:
-                pipe = DiffusionPipeline.from_pretrained(str(id_or_path))
+                pipe = DiffusionPipeline.from_pretrained(str(pipeline), **({"torch_dtype": dtype} if dtype else {}))
             except (OSError, ValueError) as e:
-                raise InputError(f"teacher: cannot load a diffusers pipeline from {str(id_or_path)!r} ({e})") from None
-            name = name or str(id_or_path)
+                raise InputError(f"teacher: cannot load a diffusers pipeline from {str(pipeline)!r} ({e})") from None
+            name = name or str(pipeline)
         else:
-            pipe, name = id_or_path, name or type(id_or_path).__name__
+            pipe, name = pipeline, name or type(pipeline).__name__
         self.pipe = pipe.to(device)
-        self.pipe.set_progress_bar_config(disable=True)
+        if hasattr(self.pipe, "set_progress_bar_config"):  # diffusers' per-call progress bars
+            self.pipe.set_progress_bar_config(disable=True)
         self.name, self.device, self.call_kwargs = name, device, call_kwargs
         self.resolution = call_kwargs.get("height")
 
@@ -216,5 +220,5 @@ class DiffusersTeacher:
         if len(prompts) != len(seeds):
             raise InputError(f"seeds: expected one per prompt ({len(prompts)}), got {len(seeds)}")
         generators = [torch.Generator(self.device).manual_seed(int(s)) for s in seeds]
-        out = self.pipe(prompt=list(prompts), generator=generators, **self.call_kwargs)
+        out = self.pipe(prompt=list(prompts), generator=generators, **{"output_type": "pil", **self.call_kwargs})
         return list(out.images)

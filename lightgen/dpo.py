@@ -56,23 +56,12 @@ def dpo_loss(model, batch, config: LightGenConfig, reference, cfg) -> tuple[torc
                   "err_w": e_w.mean().item(), "err_l": e_l.mean().item()}
 
 
-class PipelineTeacher:
-    """A LightGen pipeline behind the distillation `Teacher` protocol (prompts, seeds -> images)."""
-
-    def __init__(self, pipe, name: str, **call_kwargs):
-        self.pipe, self.call_kwargs, self.name = pipe, call_kwargs, name
-        self.resolution = call_kwargs.get("height") or pipe.config.resolution
-
-    def __call__(self, prompts: list[str], seeds: list[int]):
-        return self.pipe(prompts, seed=seeds, **self.call_kwargs)
-
-
 def build_pairs(ckpt: str | Path, out: str | Path, winners, captions: list[str] | None = None, n: int | None = None,
-                seed: int = 0, steps: int = 64, cfg: float = 4.0, device: str = "cpu") -> Path:
+                seed: int = 0, steps: int = 64, guidance_scale: float = 4.0, device: str = "cpu") -> Path:
     """Write `out/winner` and `out/loser`: two text-to-image folders, row-aligned (same captions, same
     order). `winners` is a teacher (renders the captions) or a reference dataset folder (its images, as
     the official builder's real photos). Losers are `ckpt`'s own samples. Both steps resume."""
-    from lightgen.distill import T2IFolder, distill, sample_key
+    from lightgen.distill import SeededPipeline, T2IFolder, distill, sample_key
     from lightgen.pipeline import LightGenPipeline
 
     out = Path(out)
@@ -91,8 +80,10 @@ def build_pairs(ckpt: str | Path, out: str | Path, winners, captions: list[str] 
     # the name identifies the checkpoint (path + weights mtime): a retrained model never resumes old losers
     weights = Path(ckpt) / f"{pipe.default_weights}.safetensors"
     name = f"lightgen:{Path(ckpt).resolve()}@{weights.stat().st_mtime_ns}"
-    distill(PipelineTeacher(pipe, name, num_inference_steps=steps, guidance_scale=cfg), captions, out / "loser",
-            n=count, seed=seed)
+    side = pipe.config.resolution
+    losers = SeededPipeline(pipe, device, name, num_inference_steps=steps, guidance_scale=guidance_scale, height=side,
+                            width=side)
+    distill(losers, captions, out / "loser", n=count, seed=seed)
     return out
 
 

@@ -344,7 +344,7 @@ class LightGen(nn.Module):
     # --------------------------------------------------------------------------------- sampling
     @torch.no_grad()
     def sample_tokens(self, text_states: torch.Tensor | None, generators: list[torch.Generator], *,
-                      num_iter: int = 64, cfg: float = 4.0, cfg_schedule: str = "constant",
+                      num_iter: int = 64, guidance_scale: float = 4.0, cfg_schedule: str = "constant",
                       temperature: float = 1.0, height: int | None = None, width: int | None = None,
                       init_tokens: torch.Tensor | None = None, inpaint_mask: torch.Tensor | None = None,
                       cache: bool = True) -> torch.Tensor:
@@ -360,14 +360,14 @@ class LightGen(nn.Module):
         c = self.config
         if num_iter < 1:
             raise InputError(f"num_inference_steps: expected >= 1, got {num_iter}")
-        if cfg < 0:
-            raise InputError(f"guidance_scale: expected >= 0, got {cfg}")
+        if guidance_scale < 0:
+            raise InputError(f"guidance_scale: expected >= 0, got {guidance_scale}")
         if cfg_schedule not in ("constant", "linear"):
             raise InputError(f"cfg_schedule: expected 'constant' or 'linear', got {cfg_schedule!r}")
         height, width = height or c.resolution, width or c.resolution
         rows, cols = c.grid(height, width)
         B, L, device = len(generators), rows * cols, self.fake_latent.device
-        guided = cfg != 1.0
+        guided = guidance_scale != 1.0
 
         # orders: the positions to fill, in random order per image, then the known ones
         fill = torch.ones(L, dtype=torch.bool) if inpaint_mask is None else inpaint_mask.bool().cpu().flatten()
@@ -406,7 +406,7 @@ class LightGen(nn.Module):
                 z = self._trunk(*((torch.cat([a, a]) if guided else a) for a in (tokens, vis)), text, pos)
             z = z.gather(1, pred2[..., None].expand(-1, -1, z.shape[-1])).flatten(0, 1)
             k = n_masked - n_next
-            scale = cfg if cfg_schedule == "constant" else 1 + (cfg - 1) * (L - n_next) / L
+            scale = guidance_scale if cfg_schedule == "constant" else 1 + (guidance_scale - 1) * (L - n_next) / L
             randn = lambda draws: torch.cat([torch.randn(draws, k, c.token_dim, generator=g, device=g.device)  # noqa: E731
                                              for g in generators], dim=1).to(device)
             sampled = self.diffloss.sample(z, randn, scale if guided else None, temperature, fast=cache)

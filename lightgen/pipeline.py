@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+from diffusers.utils import BaseOutput
 from PIL import Image
 
 from lightgen.checkpoint import check_state_dict, load_into, load_official_pth, load_weights, save_weights
@@ -104,6 +106,13 @@ def read_pipeline_config(path: str | Path) -> tuple[LightGenConfig, dict]:
         raise InputError(f"{cfg_file}: expected a JSON object with a 'lightgen' config ({e})") from e
 
 
+@dataclass
+class LightGenPipelineOutput(BaseOutput):
+    """What a pipeline call returns, as in diffusers: `.images` (PIL images, or tokens for `output_type="latent"`)."""
+
+    images: list[Image.Image] | torch.Tensor
+
+
 class LightGenPipeline:
     def __init__(self, model: LightGen, text_encoder: TextEncoder, codec: LatentCodec,
                  weights: dict[str, dict[str, torch.Tensor]] | None = None, default_weights: str = "model_ema"):
@@ -154,45 +163,58 @@ class LightGenPipeline:
         if isinstance(prompts, str):
             prompts = [prompts]
         if not prompts:
-            raise InputError("prompts: expected at least one prompt, got an empty list")
+            raise InputError("prompt: expected at least one prompt, got an empty list")
         if num_inference_steps < 1:
             raise InputError(f"num_inference_steps: expected >= 1, got {num_inference_steps}")
         if guidance_scale < 0:
             raise InputError(f"guidance_scale: expected >= 0, got {guidance_scale}")
         return list(prompts)
 
+    def _generators(self, n: int, seed, generator) -> list[torch.Generator]:
+        """One generator per image: a list of `n` generators is used as is (diffusers' per-image form);
+        otherwise `per_image_seeds(n, seed, generator)` seeds one each on the pipeline's device."""
+        if isinstance(generator, (list, tuple)):
+            if seed is not None or len(generator) != n:
+                raise InputError(f"generator: expected one per image ({n}) and no seed, got {len(generator)}"
+                                 f"{' and a seed' if seed is not None else ''}")
+            return list(generator)
+        return [torch.Generator(self.device).manual_seed(s) for s in per_image_seeds(n, seed, generator)]
+
     @torch.no_grad()
-    def __call__(self, prompts: str | Sequence[str], num_images_per_prompt: int = 1, num_inference_steps: int = 64,
+    def __call__(self, prompt: str | Sequence[str], num_images_per_prompt: int = 1, num_inference_steps: int = 64,
                  guidance_scale: float = 4.0, cfg_schedule: str = "constant", temperature: float = 1.0,
-                 height: int | None = None, width: int | None = None, seed: int | Sequence[int] | None = None,
-                 generator: torch.Generator | None = None, batch_size: int = 32,
-                 output_type: str = "pil") -> list[Image.Image] | torch.Tensor:
-        """Images in prompt-major order (prompt 0's images first). Each image has its own seed, so it
-        does not depend on `batch_size` or on the other prompts. `output_type="latent"` returns tokens."""
-        prompts = self._check(prompts, num_inference_steps, guidance_scale)
+                 height: int | None = None, width: int | None = None,
+                 generator: torch.Generator | Sequence[torch.Generator] | None = None,
+                 seed: int | Sequence[int] | None = None, batch_size: int = 32, output_type: str = "pil",
+                 return_dict: bool = True) -> LightGenPipelineOutput | tuple:
+        """Images in prompt-major order (prompt 0's images first), as `.images`. Each image has its own
+        generator (`generator`: one per image, or one that draws a seed per image; or `seed`: image k gets
+        seed + k), so it does not depend on `batch_size` or on the other prompts. `output_type="latent"`
+        returns tokens."""
+        prompts = self._check(prompt, num_inference_steps, guidance_scale)
         height, width = height or self.config.resolution, width or self.config.resolution
         rows, cols = self.config.grid(height, width)
         flat = [p for p in prompts for _ in range(num_images_per_prompt)]
-        seeds = per_image_seeds(len(flat), seed, generator)
+        gens = self._generators(len(flat), seed, generator)
         outs = []
         for i in range(0, len(flat), batch_size):
-            chunk, chunk_seeds = flat[i:i + batch_size], seeds[i:i + batch_size]
-            gens = [torch.Generator(self.device).manual_seed(s) for s in chunk_seeds]
-            tokens = self.model.sample_tokens(self.text_encoder(chunk).to(self.device), gens,
-                                              num_iter=num_inference_steps, cfg=guidance_scale,
-                                              cfg_schedule=cfg_schedule, temperature=temperature,
-                                              height=height, width=width)
-            outs.append(tokens)
+            outs.append(self.model.sample_tokens(self.text_encoder(flat[i:i + batch_size]).to(self.device),
+                                                 gens[i:i + batch_size], num_iter=num_inference_steps,
+                                                 guidance_scale=guidance_scale, cfg_schedule=cfg_schedule,
+                                                 temperature=temperature, height=height, width=width))
         tokens = torch.cat(outs)
-        if output_type == "latent":
-            return tokens
+        images = tokens if output_type == "latent" else self._decode(tokens, rows, cols)
+        return LightGenPipelineOutput(images=images) if return_dict else (images,)
+
+    def _decode(self, tokens: torch.Tensor, rows: int, cols: int) -> list[Image.Image]:
         return tensor_to_images(self.codec.decode(self.model.unpatchify(tokens, rows, cols)))
 
     @torch.no_grad()
     def inpaint(self, image: Image.Image, mask_image: Image.Image, prompt: str, num_images: int = 1,
-                seed: int | Sequence[int] | None = None, **kwargs) -> list[Image.Image]:
+                seed: int | Sequence[int] | None = None, generator=None, num_inference_steps: int = 64,
+                guidance_scale: float = 4.0, **kwargs) -> LightGenPipelineOutput:
         """Zero-shot inpainting: regenerate the tokens under the white part of `mask_image`, keep the rest."""
-        self._check([prompt], kwargs.get("num_inference_steps", 64), kwargs.get("guidance_scale", 4.0))
+        self._check([prompt], num_inference_steps, guidance_scale)
         width, height = image.size
         rows, cols = self.config.grid(height, width)
         if mask_image.size != image.size:
@@ -202,10 +224,8 @@ class LightGenPipeline:
         p = self.config.pixels_per_token
         m = torch.from_numpy(np.asarray(mask_image.convert("L"), dtype=np.float32) > 127)
         fill = m.reshape(rows, p, cols, p).any(dim=3).any(dim=1).flatten()  # any masked pixel -> token
-        gens = [torch.Generator(self.device).manual_seed(s) for s in per_image_seeds(num_images, seed, None)]
-        steps = kwargs.pop("num_inference_steps", 64)
-        cfg = kwargs.pop("guidance_scale", 4.0)
-        tokens = self.model.sample_tokens(self.text_encoder([prompt] * num_images).to(self.device), gens,
-                                          num_iter=steps, cfg=cfg, height=height, width=width, init_tokens=init,
+        tokens = self.model.sample_tokens(self.text_encoder([prompt] * num_images).to(self.device),
+                                          self._generators(num_images, seed, generator), num_iter=num_inference_steps,
+                                          guidance_scale=guidance_scale, height=height, width=width, init_tokens=init,
                                           inpaint_mask=fill, **kwargs)
-        return tensor_to_images(self.codec.decode(self.model.unpatchify(tokens, rows, cols)))
+        return LightGenPipelineOutput(images=self._decode(tokens, rows, cols))

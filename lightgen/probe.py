@@ -78,7 +78,7 @@ class CompletionResult:
 
 @torch.no_grad()
 def completion(model: LightGen, latents: torch.Tensor, text_states: torch.Tensor, seed: int = 0,
-               steps: int = 16, cfg: float = 1.0) -> CompletionResult:
+               steps: int = 16, guidance_scale: float = 1.0) -> CompletionResult:
     """Regenerate the right half of each image (latents (B, C, h, w), B >= 2) with its caption, once
     with its own left half visible and once with the next image's; image i uses seed + i both times."""
     was_training = model.training
@@ -93,7 +93,7 @@ def completion(model: LightGen, latents: torch.Tensor, text_states: torch.Tensor
 
     def right_half_mse(init: torch.Tensor) -> float:
         gens = [torch.Generator(latents.device).manual_seed(seed + i) for i in range(B)]
-        out = model.sample_tokens(text_states, gens, num_iter=steps, cfg=cfg, init_tokens=init, inpaint_mask=fill,
+        out = model.sample_tokens(text_states, gens, num_iter=steps, guidance_scale=guidance_scale, init_tokens=init, inpaint_mask=fill,
                                   **size)
         return (out - x)[:, fill.to(x.device)].pow(2).mean().item()
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lightgen.distill import DiffusersTeacher, T2IFolder, distill, read_captions, sample_key, sample_seed
+from lightgen.distill import SeededPipeline, T2IFolder, distill, read_captions, sample_key, sample_seed
 from lightgen.errors import InputError
 
 CAPTIONS = ["a red circle", "two blue squares", "a triangle left of a cross"]
@@ -130,8 +130,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_diffusers_teacher_from_a_local_path(tiny_pipeline, tmp_path, one_thread):
-    t = DiffusersTeacher(tiny_pipeline, num_inference_steps=2, height=16, width=16)
+def test_seeded_diffusers_pipeline_from_a_local_path(tiny_pipeline, tmp_path, one_thread):
+    t = SeededPipeline(tiny_pipeline, num_inference_steps=2, height=16, width=16)
     assert t.name == str(tiny_pipeline) and t.resolution == 16
     distill(t, CAPTIONS, tmp_path / "a", n=4, seed=3, batch_size=4)
     distill(t, CAPTIONS, tmp_path / "b", n=4, seed=3, batch_size=1)
@@ -142,4 +142,4 @@ def test_diffusers_teacher_from_a_local_path(tiny_pipeline, tmp_path, one_thread
     for i in range(4):  # per-image generators: batch size only changes float rounding
         assert np.abs(images[i] - np.asarray(b[i][0], np.int16)).max() <= 2
     with pytest.raises(InputError, match="cannot load a diffusers pipeline"):
-        DiffusersTeacher(tmp_path / "nothing-here")
+        SeededPipeline(tmp_path / "nothing-here")

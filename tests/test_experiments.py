@@ -147,7 +147,7 @@ def test_guidance_ablation_samples_one_model_at_each_scale(tmp_path):
     assert result.exit_code == 0, result.output
     assert [p.name for p in (tmp_path / "w" / "train").iterdir()] == ["kd"]  # one training run
     summaries = [json.loads((tmp_path / "o" / "points" / p / "summary.json").read_text()) for p in ("cfg1", "cfg3")]
-    assert [s["eval"]["cfg"] for s in summaries] == [1.0, 3.0]
+    assert [s["eval"]["guidance_scale"] for s in summaries] == [1.0, 3.0]
     assert len({s["pipeline"] for s in summaries}) == 1 and summaries[0]["probe"] == summaries[1]["probe"]
     # same model, prompts and seeds: only the scale differs, so the samples must differ
     first = sorted((tmp_path / "w" / "eval" / "cfg1" / "images").glob("*/samples/*.png"))[0]
@@ -172,3 +172,27 @@ def test_dpo_pairs_from_a_reference_dataset_are_row_aligned(tmp_path):
     assert winners[2][0].tobytes() == reference[2][0].tobytes()
     assert CliRunner().invoke(main, ["dpo-pairs", "--ckpt", str(work / "kd" / "pipeline"), "--out", str(tmp_path / "x")]
                               ).exit_code == 2  # neither --teacher nor --reference
+
+
+def test_probe_kd_copy_appends_a_record_with_its_command(tmp_path, monkeypatch):
+    """`lightgen-bench probe-kd`: the copy task (here 2 steps instead of 300) and the record it appends."""
+    import functools
+
+    import bench.kd_probes as kd_probes
+
+    monkeypatch.setattr(kd_probes, "copy_task", functools.partial(kd_probes.copy_task, steps=2, every=1))
+    out = tmp_path / "results.jsonl"
+    args = ["probe-kd", "copy", "--output", str(out), "--work", str(tmp_path / "w")]
+    for expected_lines in (1, 2):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(records) == expected_lines
+    record = records[-1]
+    assert record["kind"] == "copy" and record["command"] == "lightgen-bench " + " ".join(args)
+    assert [r["lr"] for r in record["runs"]] == [2e-4, 1e-3] and "git_commit" in record
+    for run in record["runs"]:
+        assert [p["step"] for p in run["curve"]] == [0, 1, 2]
+        assert all(np.isfinite(p["loss"]) and np.isfinite(p["context_gain"]) for p in run["curve"])
+    assert records[0]["runs"] == records[1]["runs"]  # seeded: a rerun draws the same curve
+    assert CliRunner().invoke(main, ["probe-kd", "nope"]).exit_code == 2

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.geneval.generate import DiffusersGenerator, LightGenGenerator, generate, sample_seed, shard_of
+from bench.geneval.generate import generate, get_generator, sample_seed, shard_of
 from bench.geneval.layout import OFFICIAL_PROMPTS, OBJECT_NAMES, is_complete, read_layout, read_prompts, write_prompt
 from lightgen.errors import InputError
 
@@ -78,6 +78,10 @@ def test_seeds_independent_of_batch_size_and_shards(tmp_path):
     assert all((pixels(p) == pixels(q)).all() for fa, fb in zip(a, b) for p, q in zip(fa.samples, fb.samples))
     assert len({sample_seed(5, i, k) for i in range(5) for k in range(3)}) == 15
     assert sample_seed(5, 1, 2) != sample_seed(6, 1, 2)
+    # one derivation for GenEval (seed, prompt, sample) and distillation (seed, sample): numpy's SeedSequence
+    # hash, which every committed image was generated with
+    for parts in ((5, 1, 2), (0, 7)):
+        assert sample_seed(*parts) == int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
 def test_resume_skips_complete_and_redoes_partial(tmp_path):
@@ -102,7 +106,7 @@ def test_accelerate_ranks_split_shards(monkeypatch):
 
 
 def test_diffusers_adapter_on_tiny_random_pipeline(tmp_path, tiny_sd_pipeline):
-    gen = DiffusersGenerator(str(tiny_sd_pipeline), steps=2, resolution=16, device="cpu")  # the hub-id/path route
+    gen = get_generator(pipeline=str(tiny_sd_pipeline), steps=2, resolution=16, device="cpu")  # the hub-id/path route
     generate(gen, PROMPTS[:2], tmp_path / "out", n_samples=2, batch_size=3, seed=1, progress=False)
     first = [pixels(p) for f in read_layout(tmp_path / "out") for p in f.samples]
     assert len(first) == 4 and first[0].shape == (16, 16, 3)
@@ -120,7 +124,7 @@ def test_lightgen_adapter_on_tiny_random_pipeline(tmp_path):
                                         text_depth=1, num_heads=2, diffloss_depth=1, diffloss_width=32,
                                         num_sampling_steps=2)
     LightGenPipeline(LightGen(config), build_text_encoder(config), build_codec(config)).save_pretrained(tmp_path / "p")
-    gen = LightGenGenerator(str(tmp_path / "p"), steps=2)
+    gen = get_generator(ckpt=str(tmp_path / "p"), steps=2)
     generate(gen, PROMPTS[:2], tmp_path / "out", n_samples=2, batch_size=3, seed=1, progress=False)
     first = [pixels(p) for f in read_layout(tmp_path / "out") for p in f.samples]
     assert len(first) == 4 and first[0].shape == (32, 32, 3)

@@ -62,6 +62,13 @@ def test_position_interpolation_follows_official_scale_factor_rule():
     assert (by_size - got).abs().max() > 1e-4  # `size=` is NOT the official rule
 
 
+def test_sincos_position_init_leaves_every_other_weight_as_officially_drawn():
+    """The KD probe's sin-cos run relies on it: same RNG draws, only the three position tables replaced."""
+    official, sincos = small_model(seed=3).state_dict(), small_model(seed=3, pos_init="sincos").state_dict()
+    for name, value in official.items():
+        assert torch.equal(sincos[name], value) != name.endswith("pos_embed_learned"), name
+
+
 def test_diffusion_schedule_matches_improved_ddpm():
     steps = _spaced_steps(1000, 100)
     assert steps[:7] == [0, 10, 20, 30, 40, 50, 61] and steps[-1] == 999 and len(steps) == 100
@@ -181,7 +188,7 @@ def test_forward_features_deterministic_and_sees_visible_tokens_only():
 def test_sampling_deterministic_per_seed_and_independent_of_batch():
     model = small_model().eval()
     text = torch.randn(3, 16, 64)
-    kw = dict(num_iter=6, cfg=3.0)
+    kw = dict(num_iter=6, guidance_scale=3.0)
     alone = model.sample_tokens(text[1:2], gens([7]), **kw)
     batched = model.sample_tokens(text, gens([3, 7, 9]), **kw)
     torch.testing.assert_close(batched[1:2], alone, rtol=0, atol=1e-5)
@@ -198,7 +205,7 @@ def test_cached_sampler_equals_reference_path(schedule, option):
         if "rel_pos_bias" in name:
             p.data.normal_()  # zero-initialised: give it an effect
     text = torch.randn(2, 16, 64)
-    kw = dict(num_iter=5, cfg=2.5, cfg_schedule=schedule)
+    kw = dict(num_iter=5, guidance_scale=2.5, cfg_schedule=schedule)
     fast = model.sample_tokens(text, gens([1, 2]), cache=True, **kw)
     ref = model.sample_tokens(text, gens([1, 2]), cache=False, **kw)
     torch.testing.assert_close(fast, ref, rtol=0, atol=1e-5)
@@ -214,7 +221,7 @@ def test_train_at_one_grid_sample_at_another():
 
 def test_more_steps_than_tokens_still_fills_every_token():
     model = small_model().eval()
-    tokens = model.sample_tokens(None, gens([0]), num_iter=80, cfg=1.0, height=16, width=16)  # 16 tokens
+    tokens = model.sample_tokens(None, gens([0]), num_iter=80, guidance_scale=1.0, height=16, width=16)  # 16 tokens
     assert tokens.shape == (1, 16, 48) and (tokens.abs().sum(-1) > 0).all()
 
 
@@ -238,21 +245,40 @@ def pipe():
 
 def test_pipeline_save_load_round_trip_gives_identical_images(pipe, tmp_path):
     kw = dict(num_inference_steps=4, guidance_scale=2.0, seed=5)
-    before = pipe(["a red circle", "two blue square"], **kw)
+    before = pipe(prompt=["a red circle", "two blue square"], **kw).images
     pipe.save_pretrained(tmp_path / "p")
     loaded = LightGenPipeline.from_pretrained(tmp_path / "p")
-    after = loaded(["a red circle", "two blue square"], **kw)
+    after = loaded(prompt=["a red circle", "two blue square"], **kw).images
     assert [im.tobytes() for im in before] == [im.tobytes() for im in after]
     assert before[0].size == (32, 32)
 
 
 def test_pipeline_images_independent_of_batch_size(pipe):
     prompts = ["a red circle", "a blue square", "two red circle"]
-    one = pipe(prompts, num_inference_steps=3, seed=[4, 5, 6], batch_size=1)
-    all_ = pipe(prompts, num_inference_steps=3, seed=[4, 5, 6], batch_size=3)
+    one = pipe(prompts, num_inference_steps=3, seed=[4, 5, 6], batch_size=1).images
+    all_ = pipe(prompts, num_inference_steps=3, seed=[4, 5, 6], batch_size=3).images
     for a, b in zip(one, all_):
         diff = (torch.tensor(list(a.tobytes())) - torch.tensor(list(b.tobytes()))).abs().max()
         assert diff <= 1
+
+
+def test_pipeline_takes_diffusers_style_generators(pipe):
+    """`pipe(prompt=..., num_images_per_prompt=..., generator=[one per image])` returns `.images`, each image
+    from its own generator: the same as `seed=` with those seeds; one generator draws a seed per image."""
+    from diffusers.utils import BaseOutput
+
+    kw = dict(prompt=["a red circle", "a blue square"], num_images_per_prompt=2, num_inference_steps=3)
+    out = pipe(**kw, generator=[torch.Generator().manual_seed(s) for s in (7, 8, 9, 10)])
+    assert isinstance(out, BaseOutput) and len(out.images) == 4
+    by_seed = pipe(**kw, seed=[7, 8, 9, 10], return_dict=False)[0]
+    assert [im.tobytes() for im in out.images] == [im.tobytes() for im in by_seed]
+    drawn = torch.randint(0, 2 ** 62, (4,), generator=torch.Generator().manual_seed(3)).tolist()
+    from_one = pipe(**kw, generator=torch.Generator().manual_seed(3)).images
+    assert [im.tobytes() for im in from_one] == [im.tobytes() for im in pipe(**kw, seed=drawn).images]
+    latents = pipe(**kw, seed=0, output_type="latent").images
+    assert latents.shape == (4, 64, 48)  # 8×8 tokens of 4×4×3 pixels
+    with pytest.raises(InputError, match="generator: expected one per image"):
+        pipe(**kw, generator=[torch.Generator()])
 
 
 def test_pipeline_inpaint_keeps_pixels_outside_mask(pipe):
@@ -260,17 +286,17 @@ def test_pipeline_inpaint_keeps_pixels_outside_mask(pipe):
     image = Image.new("RGB", (32, 32), (30, 200, 90))
     mask = Image.new("L", (32, 32), 0)
     mask.paste(255, (8, 8, 16, 16))
-    out = pipe.inpaint(image, mask, "a red circle", num_images=1, seed=0, num_inference_steps=3)[0]
+    out = pipe.inpaint(image, mask, "a red circle", num_images=1, seed=0, num_inference_steps=3).images[0]
     assert out.getpixel((0, 0)) == (30, 200, 90) and out.getpixel((31, 31)) == (30, 200, 90)
     assert out.crop((8, 8, 16, 16)).tobytes() != image.crop((8, 8, 16, 16)).tobytes()
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(prompts=[]), "prompts"),
-    (dict(prompts=["a red circle"], guidance_scale=-1.0), "guidance_scale"),
-    (dict(prompts=["a red circle"], num_inference_steps=0), "num_inference_steps"),
-    (dict(prompts=["a red circle"], height=30, width=32), "multiples of"),
-    (dict(prompts=["a green circle"]), "unknown word"),
+    (dict(prompt=[]), "prompt"),
+    (dict(prompt=["a red circle"], guidance_scale=-1.0), "guidance_scale"),
+    (dict(prompt=["a red circle"], num_inference_steps=0), "num_inference_steps"),
+    (dict(prompt=["a red circle"], height=30, width=32), "multiples of"),
+    (dict(prompt=["a green circle"]), "unknown word"),
 ])
 def test_pipeline_bad_input(pipe, kwargs, match):
     with pytest.raises(InputError, match=match):
@@ -374,7 +400,7 @@ def test_missing_keys_error_lists_first_few():
 @pytest.mark.parametrize("args, match", [
     (["--preset", "nope"], "unknown 'nope'"),
     (["--resolution", "30"], "multiples of"),
-    (["--cfg", "-2"], "guidance_scale"),
+    (["--guidance-scale", "-2"], "guidance_scale"),
     (["--steps", "0"], "num_inference_steps"),
 ])
 def test_sample_cli_bad_input_exit_2(tmp_path, args, match):

@@ -11,7 +11,8 @@ from bench.testbed import captions as cap
 from bench.testbed.prompts import PROMPTS_PATH, eval_prompts
 from bench.testbed import teacher
 from bench.testbed.teacher import render
-from bench.testbed.world import (BACKGROUND, COLOURS, GAP, MARGIN, SHAPES, ObjSpec, SceneSpec, coverage, sample_scene,
+from bench.testbed.world import (BACKGROUND, COLOURS, GAP, MARGIN, SHAPES, ObjSpec, SceneSpec, TokenGridRng, coverage,
+                                 sample_scene,
                                  shape_moments)
 from lightgen.errors import InputError
 
@@ -62,6 +63,26 @@ def test_layouts_keep_objects_apart_inside_and_relations_clear():
         for _ in range(50):
             a, b = sample_scene(SceneSpec((ObjSpec("circle"), ObjSpec("square")), (0, rel, 1)), rng).objects
             assert relative_position(a.box(32), b.box(32)) == (rel,)  # the stated relation, and only it
+
+
+def test_token_aligned_world_puts_every_box_edge_on_the_token_grid():
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        n = 1 + i % 4
+        scene = sample_scene(SceneSpec(tuple(ObjSpec(SHAPES[(i + k) % 5]) for k in range(n))), TokenGridRng(rng, 8))
+        for o in scene.objects:
+            edges = np.array(o.box(32))  # pixels of a 32-px image: 4-px tokens
+            np.testing.assert_allclose(edges, np.round(edges / 4) * 4, atol=1e-9)
+            assert edges.min() >= MARGIN * 32 and edges.max() <= 32 - MARGIN * 32
+        for a, b in itertools.combinations(scene.objects, 2):  # the world's own rules still hold
+            assert max(abs(a.cx - b.cx), abs(a.cy - b.cy)) >= (a.size + b.size) / 2 + GAP - 1e-9
+    aligned = teacher.TestbedTeacher(32, token_grid=8)
+    assert aligned.name == "testbed-teacher-grid8" and teacher.TestbedTeacher(32).name == "testbed-teacher"
+    image = aligned(["two red circles"], [5])[0]
+    assert image.tobytes() == render("two red circles", 32, 5, token_grid=8).tobytes()
+    assert image.tobytes() != render("two red circles", 32, 5).tobytes()
+    with pytest.raises(InputError, match="token_grid"):
+        teacher.TestbedTeacher(32, token_grid=0)
 
 
 def test_teacher_rejects_small_resolutions_and_mismatched_seeds():

@@ -109,7 +109,7 @@ def test_kd_run_exports_a_working_pipeline_and_logs(tmp_path, caches):
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-00000004", "step-00000006"]
     pipe = LightGenPipeline.from_pretrained(final)
     assert pipe.default_weights == "model_ema"
-    assert pipe(["a red circle"], num_inference_steps=2, seed=0)[0].size == (32, 32)
+    assert pipe(prompt="a red circle", num_inference_steps=2, seed=0).images[0].size == (32, 32)
     raw, ema = _weights(final / "model.safetensors"), _weights(final / "model_ema.safetensors")
     assert not torch.equal(raw["z_proj.weight"], ema["z_proj.weight"])
 

@@ -76,3 +76,29 @@ def ablate(command_line, kind, config_path, output, work, dry_run, launcher, thr
     click.echo((output / "table.md").read_text())
     for p in result["points"]:
         click.echo(f"{p['label']:>24}: overall {p['overall']:.3f}")
+
+
+@main.command("probe-kd", epilog="""\b
+Examples:
+  lightgen-bench probe-kd sincos --threads 1   # MAE's 2-D sin-cos table as the position init
+  lightgen-bench probe-kd grid --threads 1     # a token-aligned world (box edges on the 4-px grid)
+  lightgen-bench probe-kd copy                 # flat one-colour images: how soon is context used?
+""")
+@click.argument("kind", type=click.Choice(["sincos", "grid", "copy"]))
+@click.option("--work", default="runs/kd-probes", show_default=True, help="Data, caches, checkpoints.")
+@click.option("--output", default=None, help="Records file (default: results/testbed/kd-probes/results.jsonl).")
+@click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's).")
+@click.pass_obj
+def probe_kd(command_line, kind, work, output, threads):
+    """Why KD stalls on the testbed: one of three probes of the trunk's use of context (about 15 min
+    each on 1 CPU thread); appends its record to the results file."""
+    import json
+
+    import torch
+
+    from bench.kd_probes import RESULTS, run_probe
+
+    if threads:
+        torch.set_num_threads(threads)
+    record = run_probe(kind, Path(work), Path(output) if output else RESULTS, command_line)
+    click.echo(json.dumps({k: v for k, v in record.items() if k not in ("versions", "config")}, indent=2))

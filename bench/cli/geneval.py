@@ -88,9 +88,9 @@ def _load_prompts(path, testbed: bool, limit: int | None, classes) -> list[dict]
 @main.command(epilog="""\b
 Examples:
   lightgen-bench geneval --testbed --outdir runs/geneval-teacher
-  lightgen-bench geneval --ckpt runs/demo/pipeline --outdir runs/geneval-demo --steps 64 --guidance 4
+  lightgen-bench geneval --ckpt runs/demo/pipeline --outdir runs/geneval-demo --steps 64 --guidance-scale 4
   lightgen-bench geneval --pipeline stabilityai/stable-diffusion-2-1 --outdir runs/sd21 \\
-      --steps 50 --guidance 9 --device cuda
+      --steps 50 --guidance-scale 9 --device cuda
   lightgen-bench geneval --ckpt DIR --outdir OUT --shard 0/4 --no-score   # one of 4 shards
   accelerate launch --multi_gpu --num_processes 8 $(which lightgen-bench) geneval --ckpt DIR --outdir OUT
 """)
@@ -103,7 +103,7 @@ Examples:
 @click.option("--limit", type=int, default=None, help="Only the first N prompts (smoke tests).")
 @click.option("--n-samples", default=4, show_default=True, help="Images per prompt (official: 4).")
 @click.option("--steps", type=int, default=None, help="Sampling steps (default: the generator's).")
-@click.option("--guidance", type=float, default=None, help="Guidance scale (default: the generator's).")
+@click.option("--guidance-scale", type=float, default=None, help="Guidance scale (default: the generator's).")
 @click.option("--resolution", type=int, default=None, help="Image side in pixels (default: the generator's).")
 @click.option("--seed", default=0, show_default=True, help="Base seed; image (i, k) gets hash(seed, i, k).")
 @click.option("--batch-size", default=4, show_default=True, help="Images per generator call.")
@@ -113,7 +113,7 @@ Examples:
 @click.option("--grid", is_flag=True, help="Also write grid.png per prompt.")
 @click.option("--no-score", is_flag=True, help="Generate only.")
 @_scoring_options
-def geneval(ckpt, pipeline, testbed, outdir, prompts, limit, n_samples, steps, guidance, resolution, seed, batch_size,
+def geneval(ckpt, pipeline, testbed, outdir, prompts, limit, n_samples, steps, guidance_scale, resolution, seed, batch_size,
             dtype, shard, grid, no_score, **opts):
     """Generate GenEval images (resumable, sharded) and score them."""
     from bench.geneval.generate import generate, get_generator
@@ -130,9 +130,8 @@ def geneval(ckpt, pipeline, testbed, outdir, prompts, limit, n_samples, steps, g
         from accelerate import PartialState
         state = PartialState(cpu=not torch.cuda.is_available())
         opts["device"] = opts["device"] or str(state.device)
-    extra = {"dtype": getattr(torch, dtype)} if pipeline and dtype else {}
-    generator = get_generator(ckpt=ckpt, pipeline=pipeline, testbed=testbed, steps=steps, guidance=guidance,
-                              resolution=resolution, **({} if testbed else {"device": opts["device"]}), **extra)
+    generator = get_generator(ckpt=ckpt, pipeline=pipeline, testbed=testbed, steps=steps, guidance_scale=guidance_scale,
+                              resolution=resolution, device=opts["device"], dtype=getattr(torch, dtype) if dtype else None)
     written = generate(generator, prompt_list, outdir, n_samples=n_samples, batch_size=batch_size, seed=seed,
                        shard=(i, n), grid=grid)
     click.echo(f"{generator.name}: wrote {written} prompt folder(s) to {outdir}")

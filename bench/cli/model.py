@@ -19,7 +19,7 @@ Examples:
 @click.option("--prompt", "prompts", multiple=True, required=True, help="Prompt (repeatable).")
 @click.option("-n", "--num-images", default=1, show_default=True, help="Images per prompt.")
 @click.option("--steps", default=64, show_default=True, help="Autoregressive steps.")
-@click.option("--cfg", default=4.0, show_default=True, help="Guidance scale (1 = off).")
+@click.option("--guidance-scale", default=4.0, show_default=True, help="Guidance scale (1 = off).")
 @click.option("--cfg-schedule", type=click.Choice(["constant", "linear"]), default="constant", show_default=True)
 @click.option("--temperature", default=1.0, show_default=True)
 @click.option("--resolution", type=int, default=None, help="Image side in pixels (default: the model's).")
@@ -28,7 +28,7 @@ Examples:
 @click.option("--seed", default=0, show_default=True, help="Image k of the run uses seed + k.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", "--output", "out", type=click.Path(file_okay=False), required=True)
-def sample(ckpt, preset, prompts, num_images, steps, cfg, cfg_schedule, temperature, resolution, weights, seed,
+def sample(ckpt, preset, prompts, num_images, steps, guidance_scale, cfg_schedule, temperature, resolution, weights, seed,
            device, out):
     """Generate images from prompts and write them as PNGs."""
     from lightgen.pipeline import LightGenPipeline, build_text_encoder
@@ -41,9 +41,9 @@ def sample(ckpt, preset, prompts, num_images, steps, cfg, cfg_schedule, temperat
     else:
         config = LightGenConfig.from_preset(preset)
         pipe = LightGenPipeline(LightGen(config), build_text_encoder(config), build_codec(config)).to(device)
-    images = pipe(list(prompts), num_images_per_prompt=num_images, num_inference_steps=steps, guidance_scale=cfg,
-                  cfg_schedule=cfg_schedule, temperature=temperature, height=resolution, width=resolution,
-                  seed=seed)
+    images = pipe(prompt=list(prompts), num_images_per_prompt=num_images, num_inference_steps=steps,
+                  guidance_scale=guidance_scale, cfg_schedule=cfg_schedule, temperature=temperature, height=resolution,
+                  width=resolution, seed=seed).images
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for k, im in enumerate(images):

@@ -20,19 +20,19 @@ Examples:
 @click.option("--batch", default=32, show_default=True, help="Images per step / per sampling call.")
 @click.option("--resolution", type=int, default=None, help="Pixels (default: the preset's).")
 @click.option("--steps", default=64, show_default=True, help="AR steps (sample).")
-@click.option("--cfg", default=4.0, show_default=True, help="Guidance scale (sample).")
+@click.option("--guidance-scale", default=4.0, show_default=True, help="Guidance scale (sample).")
 @click.option("--iters", default=3, show_default=True, help="Timed repetitions (median reported).")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="Also time the unoptimised reference path and print the ratio.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Model config override.")
 @click.option("--output", "out", type=click.Path(dir_okay=False), default=None, help="Write the JSON record here.")
-def perf(preset, what, batch, resolution, steps, cfg, iters, reference, device, overrides, out):
+def perf(preset, what, batch, resolution, steps, guidance_scale, iters, reference, device, overrides, out):
     """Images/s, step time, peak memory (and FLOPs / MFU on a GPU), optimised vs reference."""
     from bench.config import parse_overrides
     from bench.perf import run_perf
 
-    record = run_perf(preset, what, batch, resolution, device, iters=iters, steps=steps, cfg=cfg,
+    record = run_perf(preset, what, batch, resolution, device, iters=iters, steps=steps, guidance_scale=guidance_scale,
                       reference=reference, out=out, overrides=parse_overrides(overrides))
     click.echo(json.dumps(record["results"], indent=2))
     if "speedup" in record["results"]:

@@ -106,7 +106,7 @@ Examples:
 @click.option("--device", default="cpu", show_default=True, help="Diffusers: torch device.")
 def distill(teacher, captions, out, n, resolution, seed, steps, batch_size, device):
     """Render captions with a teacher into the text-to-image-2M layout (resumable)."""
-    from lightgen.distill import DiffusersTeacher, distill as run, read_captions
+    from lightgen.distill import SeededPipeline, distill as run, read_captions
 
     if teacher == "testbed":
         from bench.testbed.teacher import TestbedTeacher
@@ -114,6 +114,6 @@ def distill(teacher, captions, out, n, resolution, seed, steps, batch_size, devi
     else:
         kwargs = {k: v for k, v in dict(height=resolution, width=resolution, num_inference_steps=steps).items()
                   if v is not None}
-        model = DiffusersTeacher(teacher, device=device, **kwargs)
+        model = SeededPipeline(teacher, device=device, **kwargs)
     run(model, read_captions(captions), out, n=n, seed=seed, batch_size=batch_size)
     click.echo(f"wrote {out}")

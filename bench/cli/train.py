@@ -89,10 +89,10 @@ Examples:
 @click.option("--out", "--output", "out", required=True, type=click.Path(file_okay=False))
 @click.option("--n", type=int, default=None, help="Number of pairs (default: all captions).")
 @click.option("--steps", default=64, show_default=True)
-@click.option("--cfg", default=4.0, show_default=True)
+@click.option("--guidance-scale", default=4.0, show_default=True, help="Guidance scale of the losers' samples.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-def dpo_pairs(ckpt, teacher, captions, reference, out, n, steps, cfg, seed, device):
+def dpo_pairs(ckpt, teacher, captions, reference, out, n, steps, guidance_scale, seed, device):
     """Preference pairs: winner = reference/teacher image, loser = the model's own sample."""
     from lightgen.distill import read_captions
     from lightgen.dpo import build_pairs
@@ -103,7 +103,8 @@ def dpo_pairs(ckpt, teacher, captions, reference, out, n, steps, cfg, seed, devi
         raise InputError("dpo-pairs: --teacher needs --captions")
     winners = reference or _teacher(teacher, ckpt)
     caption_list = None if reference else read_captions(captions)
-    path = build_pairs(ckpt, out, winners=winners, captions=caption_list, n=n, seed=seed, steps=steps, cfg=cfg,
+    path = build_pairs(ckpt, out, winners=winners, captions=caption_list, n=n, seed=seed, steps=steps,
+                       guidance_scale=guidance_scale,
                        device=device)
     click.echo(f"pairs written to {path} (winner/ and loser/)")
 
@@ -139,5 +140,5 @@ def _teacher(name: str, ckpt: str):
         from bench.testbed.teacher import TestbedTeacher
         from lightgen.pipeline import read_pipeline_config
         return TestbedTeacher(resolution=read_pipeline_config(ckpt)[0].resolution)
-    from lightgen.distill import DiffusersTeacher
-    return DiffusersTeacher(name)
+    from lightgen.distill import SeededPipeline
+    return SeededPipeline(name)

@@ -7,82 +7,44 @@ the images do not depend on batch size, sharding or resumption.
 from __future__ import annotations
 
 import os
-from typing import Protocol, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
 from bench.geneval.layout import is_complete, write_prompt
+from lightgen.distill import SeededPipeline, sample_seed
+from lightgen.distill import Teacher as Generator  # the same protocol: (prompts, seeds) -> one image each
 from lightgen.errors import InputError
 
 
-class Generator(Protocol):
-    name: str
-
-    def __call__(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]: ...
-
-
-def sample_seed(base_seed: int, prompt_index: int, sample_index: int) -> int:
-    """A 32-bit seed from numpy's SeedSequence hash of the three integers."""
-    return int(np.random.SeedSequence([base_seed, prompt_index, sample_index]).generate_state(1)[0])
-
-
-def sampling_kwargs(steps: int | None, guidance: float | None, resolution: int | None) -> dict:
+def sampling_kwargs(steps: int | None, guidance_scale: float | None, resolution: int | None) -> dict:
     """diffusers-style sampling arguments; unset ones keep the pipeline's defaults."""
-    kw = dict(num_inference_steps=steps, guidance_scale=guidance, height=resolution, width=resolution)
+    kw = dict(num_inference_steps=steps, guidance_scale=guidance_scale, height=resolution, width=resolution)
     return {k: v for k, v in kw.items() if v is not None}
 
 
-class LightGenGenerator:
-    """A LightGen pipeline directory (`lightgen.pipeline.LightGenPipeline`)."""
-
-    def __init__(self, path: str, *, steps: int | None = None, guidance: float | None = None,
-                 resolution: int | None = None, device: str | None = None, temperature: float | None = None):
-        from lightgen.pipeline import LightGenPipeline
-        self.name = f"lightgen:{path}"
-        self.pipe = LightGenPipeline.from_pretrained(path, device=device)
-        self.kwargs = sampling_kwargs(steps, guidance, resolution)
-        if temperature is not None:
-            self.kwargs["temperature"] = temperature
-
-    def __call__(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
-        return self.pipe(prompts, seed=seeds, **self.kwargs)
-
-
-class DiffusersGenerator:
-    """Any diffusers text-to-image pipeline: a hub id, a local path or a pipeline object."""
-
-    def __init__(self, pipeline, *, steps: int | None = None, guidance: float | None = None,
-                 resolution: int | None = None, device: str | None = None, dtype: torch.dtype | None = None):
-        if isinstance(pipeline, (str, os.PathLike)):
-            from diffusers import DiffusionPipeline
-            self.name = f"diffusers:{pipeline}"
-            pipeline = DiffusionPipeline.from_pretrained(str(pipeline), **({"torch_dtype": dtype} if dtype else {}))
-        else:
-            self.name = f"diffusers:{type(pipeline).__name__}"
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.pipe = pipeline.to(self.device)
-        self.pipe.set_progress_bar_config(disable=True)
-        self.kwargs = sampling_kwargs(steps, guidance, resolution)
-
-    def __call__(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
-        generators = [torch.Generator(self.device).manual_seed(s) for s in seeds]
-        return self.pipe(prompt=prompts, generator=generators, output_type="pil", **self.kwargs).images
-
-
 def get_generator(*, ckpt: str | None = None, pipeline: str | None = None, testbed: bool = False,
-                  **kw) -> Generator:
-    """Exactly one of: a LightGen directory, a diffusers pipeline id/path, the testbed teacher."""
+                  steps: int | None = None, guidance_scale: float | None = None, resolution: int | None = None,
+                  device: str | None = None, dtype: torch.dtype | None = None,
+                  temperature: float | None = None) -> Generator:
+    """Exactly one of: a LightGen pipeline directory (on `device`, default CPU), a diffusers pipeline id/path
+    (default device: CUDA if available), the testbed teacher. Both pipelines sample through the same
+    diffusers call, one seeded generator per image."""
     if sum(map(bool, (ckpt, pipeline, testbed))) != 1:
         raise InputError("generator: expected exactly one of --ckpt DIR, --pipeline ID, --testbed")
+    if testbed:
+        from bench.testbed.teacher import TestbedTeacher
+        return TestbedTeacher(**({"resolution": resolution} if resolution else {}))
+    kwargs = sampling_kwargs(steps, guidance_scale, resolution)
     if ckpt:
-        return LightGenGenerator(ckpt, **kw)
-    if pipeline:
-        return DiffusersGenerator(pipeline, **kw)
-    from bench.testbed.teacher import TestbedTeacher
-    return TestbedTeacher(**({"resolution": kw["resolution"]} if kw.get("resolution") else {}))
+        from lightgen.pipeline import LightGenPipeline
+        if temperature is not None:
+            kwargs["temperature"] = temperature
+        return SeededPipeline(LightGenPipeline.from_pretrained(ckpt), device or "cpu", f"lightgen:{ckpt}", **kwargs)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return SeededPipeline(pipeline, device, f"diffusers:{pipeline}", dtype, **kwargs)
 
 
 def shard_of(shard: tuple[int, int] = (0, 1)) -> tuple[int, int]:

@@ -6,6 +6,7 @@ coverage function: the detector fits exactly the shapes the teacher draws.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -160,6 +161,29 @@ def sample_scene(spec: SceneSpec, rng: np.random.Generator, tries: int = 1000) -
                 objs[spec.relation[0]], objs[spec.relation[2]], spec.relation[1])):
             return Scene(tuple(objs))
     raise InputError(f"scene: no layout found for {spec} in {tries} tries")
+
+
+class TokenGridRng:
+    """An rng for `sample_scene` that puts every box edge on a grid of `cells` × `cells` tokens (the
+    token-aligned world of the KD probes), its rejection sampling unchanged: a scalar `uniform(lo, hi)`
+    is a side, a pair is a centre. A side may fall up to 1.5 px (at 32 px) below the size range so that
+    a token multiple fits (two objects, 4-px tokens at 32 px: sides of 8 or 12 px)."""
+
+    SIDE_SLACK = 1.5 / 32
+
+    def __init__(self, rng: np.random.Generator, cells: int):
+        self.rng, self.unit = rng, 1 / cells
+
+    def choice(self, *args, **kwargs):
+        return self.rng.choice(*args, **kwargs)
+
+    def uniform(self, low: float, high: float, size: int | None = None):
+        u = self.unit
+        if size is None:  # a side: a multiple of the token size in [low - slack, high]
+            return u * self.rng.integers(math.ceil((low - self.SIDE_SLACK) / u), math.floor(high / u + 1e-9) + 1)
+        half = low - MARGIN  # a centre: edges (centre - side/2) on the grid, inside the margins
+        edges = self.rng.integers(math.ceil(MARGIN / u - 1e-9), math.floor((high - half) / u + 1e-9) + 1, size)
+        return edges * u + half
 
 
 def render_scene(scene: Scene, resolution: int = 32) -> Image.Image:

@@ -1,0 +1,99 @@
+"""Why KD stalls on the testbed: three probes of the trunk's use of context (README, "Why KD stalls").
+
+`lightgen-bench probe-kd KIND` runs one and appends its record (scores, probe, config, versions, commit)
+to `results/testbed/kd-probes/results.jsonl`:
+
+  sincos  MAE's fixed 2-D sin-cos table as the initial position tables (`pos_init: sincos`)
+  grid    a token-aligned world: every box edge on the 4-px token grid (`DataSpec.token_grid`)
+  copy    flat one-colour images under a constant caption: how soon does the trunk read context at all?
+
+The first two are 500 KD steps at the committed KD config on the demo's 16,000 renders, then the probe
+and testbed GenEval at CFG 4 and 1.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from bench.config import train_config
+from bench.experiment import DataSpec, EvalSpec, cached, distilled, evaluate, run_training
+from bench.provenance import run_record
+from lightgen.files import write_text
+
+KINDS = ("sincos", "grid", "copy")
+KD_CONFIG = "eval_configs/train/testbed_kd.yaml"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "testbed" / "kd-probes" / "results.jsonl"
+DATA = DataSpec(n=16000)  # the demo's data
+STEPS, GUIDANCE_SCALES = 500, (4.0, 1.0)
+TOKEN_GRID = 8  # tokens per side of a 32-px testbed image (4-px tokens)
+
+
+def kd_probe(name: str, data: Path, work: Path, steps: int = STEPS, **model) -> dict:
+    """`steps` KD steps at the committed KD config (model fields overridden by `model`), then the probe and
+    testbed GenEval at each guidance scale."""
+    from lightgen.probe import probe_pipeline
+
+    cfg = train_config(KD_CONFIG, {"steps": steps}, out=str(work / name))
+    cfg = dataclasses.replace(cfg, model={**cfg.model, **model})
+    cfg.cache = str(cached(data, cfg))
+    pipe = run_training(cfg)
+    out = {"probe": probe_pipeline(pipe, cfg.cache, completion_images=48)}
+    for c in GUIDANCE_SCALES:
+        s = evaluate(pipe, work / name / f"eval-cfg{c:g}", EvalSpec(steps=32, guidance_scale=c, fid=False))
+        out[f"cfg{c:g}"] = {"overall": s["overall"], **{t: v["score"] for t, v in s["tasks"].items()}}
+    return out
+
+
+def copy_task(lr: float, head_lr: float, steps: int = 300, every: int = 25, seed: int = 0) -> dict:
+    """Images of one random flat colour under a constant caption: context is the only information, so the
+    context gain measures how soon the trunk learns to read the visible tokens at all."""
+    from lightgen.config import LightGenConfig
+    from lightgen.mar import LightGen
+    from lightgen.probe import probe
+    from lightgen.train import param_groups
+
+    torch.manual_seed(seed)
+    model = LightGen(LightGenConfig.from_preset("testbed"))
+    groups = param_groups(model, weight_decay=0.02, head_lr_scale=head_lr / lr)  # the trainer's split
+    for group in groups:
+        group["lr"] = lr * group.pop("lr_scale")
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.95))
+    text = torch.randn(1, model.config.max_length, model.config.caption_channels)
+
+    def batch(n: int) -> torch.Tensor:
+        return (torch.rand(n, 3, 1, 1) * 2 - 1).expand(n, 3, 32, 32).contiguous()
+
+    curve = []
+    for step in range(steps + 1):
+        if step % every == 0:
+            p = probe(model, batch(128), text.expand(128, -1, -1))
+            curve.append({"step": step, "loss": p.loss, "context_gain": p.context_gain})
+            print(curve[-1], flush=True)
+        if step < steps:
+            loss = model(batch(64), text.expand(64, -1, -1))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
+            opt.step()
+    return {"lr": lr, "head_lr": head_lr, "curve": curve}
+
+
+def run_probe(kind: str, work: Path, output: Path, command: list[str]) -> dict:
+    """Run one probe and append its record to `output` (rewritten atomically); returns the record."""
+    started = time.perf_counter()
+    if kind == "sincos":
+        result = kd_probe("sincos", distilled(work, DATA), work, pos_init="sincos")
+    elif kind == "grid":
+        result = kd_probe("grid", distilled(work, dataclasses.replace(DATA, token_grid=TOKEN_GRID)), work)
+    elif kind == "copy":
+        result = {"runs": [copy_task(2e-4, 4e-3), copy_task(1e-3, 4e-3)]}
+    else:
+        raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+    record = {"kind": kind, **result, **run_record(command, {"kind": kind, "steps": STEPS}, started)}
+    old = output.read_text() if output.is_file() else ""
+    write_text(output, old + json.dumps(record) + "\n")
+    return record
