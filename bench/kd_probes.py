@@ -7,8 +7,8 @@ to `results/testbed/kd-probes/results.jsonl`:
   grid    a token-aligned world: every box edge on the 4-px token grid (`DataSpec.token_grid`)
   copy    flat one-colour images under a constant caption: how soon does the trunk read context at all?
 
-The first two are 500 KD steps at the committed KD config on the demo's 16,000 renders, then the probe
-and testbed GenEval at CFG 4 and 1.
+The first two are 500 KD steps at the KD config (`eval_configs/train/testbed_kd.yaml`, recorded with the
+result) on the demo's 16,000 renders, then the probe and testbed GenEval at CFG 4 and 1.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def kd_probe(name: str, data: Path, work: Path, steps: int = STEPS, **model) -> 
     cfg = dataclasses.replace(cfg, model={**cfg.model, **model})
     cfg.cache = str(cached(data, cfg))
     pipe = run_training(cfg)
-    out = {"probe": probe_pipeline(pipe, cfg.cache, completion_images=48)}
+    out = {"train": dataclasses.asdict(cfg), "probe": probe_pipeline(pipe, cfg.cache, completion_images=48)}
     for c in GUIDANCE_SCALES:
         s = evaluate(pipe, work / name / f"eval-cfg{c:g}", EvalSpec(steps=32, guidance_scale=c, fid=False))
         out[f"cfg{c:g}"] = {"overall": s["overall"], **{t: v["score"] for t, v in s["tasks"].items()}}
@@ -93,7 +93,8 @@ def run_probe(kind: str, work: Path, output: Path, command: list[str]) -> dict:
         result = {"runs": [copy_task(2e-4, 4e-3), copy_task(1e-3, 4e-3)]}
     else:
         raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
-    record = {"kind": kind, **result, **run_record(command, {"kind": kind, "steps": STEPS}, started)}
+    config = {"kind": kind, "steps": STEPS, **({"train": result.pop("train")} if "train" in result else {})}
+    record = {"kind": kind, **result, **run_record(command, config, started)}
     old = output.read_text() if output.is_file() else ""
     write_text(output, old + json.dumps(record) + "\n")
     return record
