@@ -20,13 +20,28 @@ ROOT = Path(__file__).resolve().parents[1]  # config paths in the harness's own 
 
 
 def parse_overrides(pairs: tuple[str, ...]) -> dict:
-    """`--set key=value` (value parsed as YAML, so numbers, lists and booleans work)."""
-    out = {}
+    """`--set key=value` (value parsed as YAML, so numbers, lists and booleans work); a dotted key such as
+    `model.prediction=v` sets one field of a nested section."""
+    out: dict = {}
     for pair in pairs:
         if "=" not in pair:
             raise InputError(f"--set {pair!r}: expected key=value")
         key, value = pair.split("=", 1)
-        out[key] = yaml.safe_load(value)
+        *sections, leaf = key.split(".")
+        node = out
+        for section in sections:
+            node = node.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise InputError(f"--set {pair!r}: {section!r} is set to a value and used as a section")
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def merge(base: dict, layer: dict) -> dict:
+    """`base` with `layer` applied; nested sections (e.g. `model`) are merged key by key, not replaced."""
+    out = dict(base)
+    for k, v in layer.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -43,7 +58,7 @@ def load_train_config(path: str | Path, overrides: tuple[str, ...] = ()) -> Trai
     """A training config file with `--set` overrides."""
     from lightgen.train import TrainConfig  # torch: imported when a command needs it, not at CLI start
 
-    raw = {**read_yaml(path, "training config"), **parse_overrides(overrides)}
+    raw = merge(read_yaml(path, "training config"), parse_overrides(overrides))
     return TrainConfig.from_dict(resolve_vocab(raw), str(path))
 
 
@@ -53,5 +68,5 @@ def train_config(base: str | Path, *layers: dict, **fixed) -> TrainConfig:
 
     merged = read_yaml(ROOT / base, "training config")
     for layer in (*layers, fixed):
-        merged.update(layer)
+        merged = merge(merged, layer)
     return TrainConfig.from_dict(resolve_vocab(merged), str(base))

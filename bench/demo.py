@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from bench.config import train_config
+from bench.config import merge, train_config
 from bench.experiment import DataSpec, EvalSpec, cached, distilled, evaluate, run_training
 from bench.provenance import run_record
 from lightgen.errors import InputError, check_known
@@ -18,28 +18,20 @@ from lightgen.files import read_yaml, write_text
 from lightgen.probe import probe_pipeline
 from lightgen.train import TrainConfig
 
-COMPLETION_IMAGES = 48  # per model: does sampling use what is already drawn (lightgen.probe.completion)
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "eval_configs" / "demo.yaml"
 # --quick: the same loop, sized for CI (about a minute)
 QUICK = {"data": {"n": 256}, "kd": {"steps": 12, "batch_size": 32, "save_every": 6, "log_every": 2},
          "dpo": {"steps": 4, "batch_size": 16, "save_every": 2, "log_every": 1}, "dpo_pairs": 32,
-         "eval": {"limit": 24, "steps": 4}}
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+         "eval": {"limit": 24, "steps": 4}, "completion_images": 4}
 
 
 def load_demo_config(path: str | Path | None, quick: bool) -> dict:
     path = Path(path or DEFAULT_CONFIG)
     raw = read_yaml(path, "demo config")
-    known = {"data", "kd_config", "kd", "dpo_config", "dpo", "dpo_pairs", "eval"}
+    known = {"data", "kd_config", "kd", "dpo_config", "dpo", "dpo_pairs", "eval", "completion_images"}
     if unknown := sorted(set(raw) - known):
         raise InputError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
-    return _merge(raw, QUICK) if quick else raw
+    return merge(raw, QUICK) if quick else raw
 
 
 def run_demo(config: dict, output: Path, work: Path, seed: int, command: list[str]) -> dict:
@@ -70,7 +62,7 @@ def run_demo(config: dict, output: Path, work: Path, seed: int, command: list[st
     dpo_pipe = run_training(dpo)
     after = evaluate(dpo_pipe, work / "eval-dpo", eval_spec)
     for summary, pipe in ((before, kd_pipe), (after, dpo_pipe)):  # what each model uses, on the KD data
-        summary["probe"] = probe_pipeline(pipe, kd.cache, completion_images=COMPLETION_IMAGES)
+        summary["probe"] = probe_pipeline(pipe, kd.cache, completion_images=config.get("completion_images", 48))
 
     summary = write_report(output, work, data_spec, {"KD (before DPO)": before, "KD + DPO": after}, kd, dpo)
     record = run_record(command, {"demo": config, "kd": dataclasses.asdict(kd), "dpo": dataclasses.asdict(dpo)},

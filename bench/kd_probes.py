@@ -6,6 +6,7 @@ to `results/testbed/kd-probes/results.jsonl`:
   sincos  MAE's fixed 2-D sin-cos table as the initial position tables (`pos_init: sincos`)
   grid    a token-aligned world: every box edge on the 4-px token grid (`DataSpec.token_grid`)
   copy    flat one-colour images under a constant caption: how soon does the trunk read context at all?
+  curve   a recipe's learning curve: KD with `--set` overrides, snapshots probed and scored against CPU time
 
 The first two are 500 KD steps at the KD config (`eval_configs/train/testbed_kd.yaml`, recorded with the
 result) on the demo's 16,000 renders, then the probe and testbed GenEval at CFG 4 and 1.
@@ -24,7 +25,7 @@ from bench.experiment import DataSpec, EvalSpec, cached, distilled, evaluate, ru
 from bench.provenance import run_record
 from lightgen.files import write_text
 
-KINDS = ("sincos", "grid", "copy")
+KINDS = ("curve", "sincos", "grid", "copy")
 KD_CONFIG = "eval_configs/train/testbed_kd.yaml"
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "testbed" / "kd-probes" / "results.jsonl"
 DATA = DataSpec(n=16000)  # the demo's data
@@ -35,17 +36,61 @@ TOKEN_GRID = 8  # tokens per side of a 32-px testbed image (4-px tokens)
 def kd_probe(name: str, data: Path, work: Path, steps: int = STEPS, **model) -> dict:
     """`steps` KD steps at the committed KD config (model fields overridden by `model`), then the probe and
     testbed GenEval at each guidance scale."""
-    from lightgen.probe import probe_pipeline
-
-    cfg = train_config(KD_CONFIG, {"steps": steps}, out=str(work / name))
-    cfg = dataclasses.replace(cfg, model={**cfg.model, **model})
+    cfg = train_config(KD_CONFIG, {"steps": steps, "model": model}, out=str(work / name))
     cfg.cache = str(cached(data, cfg))
     pipe = run_training(cfg)
-    out = {"train": dataclasses.asdict(cfg), "probe": probe_pipeline(pipe, cfg.cache, completion_images=48)}
+    return {"train": dataclasses.asdict(cfg), **scores(pipe, cfg.cache, work / name, None, 48)}
+
+
+def scores(pipe: Path, cache: str, outdir: Path, limit: int | None, completion_images: int) -> dict:
+    """The probe on the KD data and testbed GenEval (32 AR steps) at each guidance scale."""
+    from lightgen.probe import probe_pipeline
+
+    out = {"probe": probe_pipeline(pipe, cache, completion_images=completion_images)}
     for c in GUIDANCE_SCALES:
-        s = evaluate(pipe, work / name / f"eval-cfg{c:g}", EvalSpec(steps=32, guidance_scale=c, fid=False))
+        s = evaluate(pipe, outdir / f"eval-cfg{c:g}", EvalSpec(steps=32, guidance_scale=c, fid=False, limit=limit))
         out[f"cfg{c:g}"] = {"overall": s["overall"], **{t: v["score"] for t, v in s["tasks"].items()}}
     return out
+
+
+def kd_curve(name: str, work: Path, overrides: dict, steps: int = 1000, every: int = 250,
+             limit: int | None = 120) -> dict:
+    """A learning curve of one recipe: KD at the committed config with `overrides` (a `--set` layer), a
+    pipeline every `every` steps, each probed and scored on `limit` evenly spaced testbed prompts, against the
+    training's process CPU time up to it (the cost that matters on a shared CPU; None for a resumed run)."""
+    marks = sorted({*range(every, steps, every), steps})
+    cfg = train_config(KD_CONFIG, overrides, {"steps": steps, "export_steps": marks[:-1]}, out=str(work / name))
+    cfg.cache = str(cached(distilled(work, DATA), cfg))
+    resumed = (Path(cfg.out) / "checkpoints").is_dir()
+    cpu = time.process_time()
+    final = run_training(cfg)
+    per_step = None if resumed else (time.process_time() - cpu) / steps
+    points = []
+    for step in marks:
+        pipe = final if step == steps else Path(cfg.out) / "snapshots" / f"step-{step:08d}"
+        points.append({"step": step, "train_cpu_min": per_step and round(step * per_step / 60, 2),
+                       **scores(pipe, cfg.cache, Path(cfg.out) / f"eval-{step}", limit, 24)})
+    return {"name": name, "overrides": overrides, "limit": limit, "train": dataclasses.asdict(cfg), "points": points}
+
+
+def plot_curves(records: list[dict], path: Path) -> None:
+    """Overall (CFG 1) and context gain against training CPU minutes, one line per recipe."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for r in records:
+        pts = [p for p in r["points"] if p["train_cpu_min"] is not None]
+        xs = [p["train_cpu_min"] for p in pts]
+        axes[0].plot(xs, [p["cfg1"]["overall"] for p in pts], marker="o", label=r["name"])
+        axes[1].plot(xs, [p["probe"]["context_gain"] for p in pts], marker="o", label=r["name"])
+    for ax, label in zip(axes, ("testbed GenEval overall (CFG 1)", "context gain (lightgen.probe)")):
+        ax.set(xlabel="training CPU minutes", ylabel=label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
 
 
 def copy_task(lr: float, head_lr: float, steps: int = 300, every: int = 25, seed: int = 0) -> dict:
@@ -82,10 +127,13 @@ def copy_task(lr: float, head_lr: float, steps: int = 300, every: int = 25, seed
     return {"lr": lr, "head_lr": head_lr, "curve": curve}
 
 
-def run_probe(kind: str, work: Path, output: Path, command: list[str]) -> dict:
-    """Run one probe and append its record to `output` (rewritten atomically); returns the record."""
+def run_probe(kind: str, work: Path, output: Path, command: list[str], curve: dict | None = None) -> dict:
+    """Run one probe and append its record to `output` (rewritten atomically); returns the record. `curve`:
+    the arguments of `kd_curve` for kind "curve", whose records are also drawn to `curves.png` beside `output`."""
     started = time.perf_counter()
-    if kind == "sincos":
+    if kind == "curve":
+        result = kd_curve(work=work, **(curve or {}))
+    elif kind == "sincos":
         result = kd_probe("sincos", distilled(work, DATA), work, pos_init="sincos")
     elif kind == "grid":
         result = kd_probe("grid", distilled(work, dataclasses.replace(DATA, token_grid=TOKEN_GRID)), work)
@@ -93,8 +141,12 @@ def run_probe(kind: str, work: Path, output: Path, command: list[str]) -> dict:
         result = {"runs": [copy_task(2e-4, 4e-3), copy_task(1e-3, 4e-3)]}
     else:
         raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
-    config = {"kind": kind, "steps": STEPS, **({"train": result.pop("train")} if "train" in result else {})}
+    config = {"kind": kind, "steps": (curve or {}).get("steps", STEPS) if kind == "curve" else STEPS,
+              **({"train": result.pop("train")} if "train" in result else {})}
     record = {"kind": kind, **result, **run_record(command, config, started)}
     old = output.read_text() if output.is_file() else ""
     write_text(output, old + json.dumps(record) + "\n")
+    if kind == "curve":
+        curves = [r for r in map(json.loads, (old + json.dumps(record)).splitlines()) if r["kind"] == "curve"]
+        plot_curves(curves, output.parent / "curves.png")
     return record

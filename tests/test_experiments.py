@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from bench.cli import main
-from bench.demo import COMPLETION_IMAGES
+from bench.demo import QUICK
 from lightgen.probe import completion, load_rows, probe, probe_pipeline
 
 TINY_MODEL = {"width": 32, "num_heads": 2, "encoder_depth": 1, "decoder_depth": 1, "cross_depth": 1,
@@ -31,7 +31,7 @@ def test_demo_quick_runs_the_whole_loop(tmp_path):
     # the probe of each model on the KD training data, as `lightgen-bench probe` computes it
     kd_cache = next(p for p in (tmp_path / "work").iterdir() if p.name.startswith("data-") and ".cache-" in p.name)
     for name, pipe in (("KD (before DPO)", "kd"), ("KD + DPO", "dpo")):
-        expected = probe_pipeline(tmp_path / "work" / pipe / "pipeline", kd_cache, completion_images=COMPLETION_IMAGES)
+        expected = probe_pipeline(tmp_path / "work" / pipe / "pipeline", kd_cache, completion_images=QUICK["completion_images"])
         assert (compare[name]["context_gain"], compare[name]["text_gain"], compare[name]["completion_ratio"]) == (
             expected["context_gain"], expected["text_gain"], expected["completion"]["ratio"])
     # `lightgen-bench probe --completion`: both tests from one load, completion on an evenly spaced subset
@@ -196,3 +196,30 @@ def test_probe_kd_copy_appends_a_record_with_its_command(tmp_path, monkeypatch):
         assert all(np.isfinite(p["loss"]) and np.isfinite(p["context_gain"]) for p in run["curve"])
     assert records[0]["runs"] == records[1]["runs"]  # seeded: a rerun draws the same curve
     assert CliRunner().invoke(main, ["probe-kd", "nope"]).exit_code == 2
+
+
+def test_probe_kd_curve_scores_each_snapshot_against_cpu_time(tmp_path, monkeypatch):
+    """`probe-kd curve`: KD with dotted `--set` overrides (model fields included), a pipeline every `every`
+    steps, each probed and scored; the record carries the overridden model and CPU minutes rising with
+    the step, and curves.png is drawn."""
+    import dataclasses
+
+    import bench.kd_probes as kd_probes
+
+    monkeypatch.setattr(kd_probes, "DATA", dataclasses.replace(kd_probes.DATA, n=64))
+    out = tmp_path / "results.jsonl"
+    args = ["probe-kd", "curve", "--name", "eps", "--set", "model.prediction=epsilon", "--set", "batch_size=8",
+            "--set", "log_every=1", "--steps", "4", "--every", "2", "--limit", "6", "--output", str(out),
+            "--work", str(tmp_path / "w")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert record["kind"] == "curve" and record["name"] == "eps"
+    assert record["config"]["train"]["model"]["prediction"] == "epsilon"
+    assert record["config"]["train"]["preset"] == "testbed-small" and record["config"]["train"]["batch_size"] == 8
+    assert [p["step"] for p in record["points"]] == [2, 4]
+    cpu = [p["train_cpu_min"] for p in record["points"]]
+    assert 0 < cpu[0] < cpu[1]
+    for p in record["points"]:
+        assert np.isfinite(p["probe"]["context_gain"]) and 0 <= p["cfg1"]["overall"] <= 1 and "cfg4" in p
+    assert (tmp_path / "curves.png").stat().st_size > 0

@@ -285,3 +285,17 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, caches):
     for name in ("model.safetensors", "model_ema.safetensors"):
         a, b = _weights(clean / name), _weights(resumed / name)
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_dotted_set_overrides_merge_into_the_model_section(tmp_path):
+    """`--set model.prediction=v` changes one model field and keeps the file's others (the testbed vocabulary
+    included); a key used both as a value and as a section is refused."""
+    from bench.config import load_train_config, parse_overrides
+
+    path = tmp_path / "kd.yaml"
+    path.write_text("objective: kd\npreset: testbed-small\nmodel:\n  text_vocab: testbed\n  width: 64\n  num_heads: 4\n")
+    cfg = load_train_config(path, ("model.prediction=epsilon", "lr=1.0e-3"))
+    assert cfg.model["prediction"] == "epsilon" and cfg.model["width"] == 64 and cfg.lr == 1e-3
+    assert isinstance(cfg.model["text_vocab"], list) and cfg.model_config().rel_pos_bias  # the preset's option kept
+    with pytest.raises(InputError, match="used as a section"):
+        parse_overrides(("model=3", "model.width=8"))

@@ -83,22 +83,31 @@ Examples:
   lightgen-bench probe-kd sincos --threads 1   # MAE's 2-D sin-cos table as the position init
   lightgen-bench probe-kd grid --threads 1     # a token-aligned world (box edges on the 4-px grid)
   lightgen-bench probe-kd copy                 # flat one-colour images: how soon is context used?
+  lightgen-bench probe-kd curve --name eps --set model.prediction=epsilon --threads 1   # a recipe's curve
 """)
-@click.argument("kind", type=click.Choice(["sincos", "grid", "copy"]))
+@click.argument("kind", type=click.Choice(["curve", "sincos", "grid", "copy"]))
 @click.option("--work", default="runs/kd-probes", show_default=True, help="Data, caches, checkpoints.")
 @click.option("--output", default=None, help="Records file (default: results/testbed/kd-probes/results.jsonl).")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's).")
+@click.option("--name", default="kd", show_default=True, help="curve: the recipe's name (its run folder).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="curve: override a KD config key (model.FIELD for the model).")
+@click.option("--steps", type=int, default=1000, show_default=True, help="curve: KD steps.")
+@click.option("--every", type=int, default=250, show_default=True, help="curve: snapshot interval.")
+@click.option("--limit", type=int, default=120, show_default=True, help="curve: testbed prompts per snapshot.")
 @click.pass_obj
-def probe_kd(command_line, kind, work, output, threads):
-    """Why KD stalls on the testbed: one of three probes of the trunk's use of context (about 15 min
-    each on 1 CPU thread); appends its record to the results file."""
+def probe_kd(command_line, kind, work, output, threads, name, overrides, steps, every, limit):
+    """Why KD stalls on the testbed: probes of the trunk's use of context (about 15 min each on 1 CPU
+    thread; a curve longer); appends its record to the results file."""
     import json
 
     import torch
 
+    from bench.config import parse_overrides
     from bench.kd_probes import RESULTS, run_probe
 
     if threads:
         torch.set_num_threads(threads)
-    record = run_probe(kind, Path(work), Path(output) if output else RESULTS, command_line)
+    curve = dict(name=name, overrides=parse_overrides(overrides), steps=steps, every=every, limit=limit)
+    record = run_probe(kind, Path(work), Path(output) if output else RESULTS, command_line, curve)
     click.echo(json.dumps({k: v for k, v in record.items() if k not in ("versions", "config")}, indent=2))
