@@ -93,7 +93,7 @@ def plot_curves(records: list[dict], path: Path) -> None:
     tmp.replace(path)
 
 
-def copy_task(lr: float, head_lr: float, steps: int = 300, every: int = 25, seed: int = 0) -> dict:
+def copy_task(lr: float, head_lr: float, steps: int = 300, every: int = 25, seed: int = 0, probe_n: int = 128) -> dict:
     """Images of one random flat colour under a constant caption: context is the only information, so the
     context gain measures how soon the trunk learns to read the visible tokens at all."""
     from lightgen.config import LightGenConfig
@@ -115,7 +115,7 @@ def copy_task(lr: float, head_lr: float, steps: int = 300, every: int = 25, seed
     curve = []
     for step in range(steps + 1):
         if step % every == 0:
-            p = probe(model, batch(128), text.expand(128, -1, -1))
+            p = probe(model, batch(probe_n), text.expand(probe_n, -1, -1))
             curve.append({"step": step, "loss": p.loss, "context_gain": p.context_gain})
             print(curve[-1], flush=True)
         if step < steps:

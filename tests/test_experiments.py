@@ -180,7 +180,7 @@ def test_probe_kd_copy_appends_a_record_with_its_command(tmp_path, monkeypatch):
 
     import bench.kd_probes as kd_probes
 
-    monkeypatch.setattr(kd_probes, "copy_task", functools.partial(kd_probes.copy_task, steps=2, every=1))
+    monkeypatch.setattr(kd_probes, "copy_task", functools.partial(kd_probes.copy_task, steps=2, every=1, probe_n=16))
     out = tmp_path / "results.jsonl"
     args = ["probe-kd", "copy", "--output", str(out), "--work", str(tmp_path / "w")]
     for expected_lines in (1, 2):
