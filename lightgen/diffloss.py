@@ -247,19 +247,19 @@ class GaussianDiffusion:
                temperature: float = 1.0, fast: bool = True) -> torch.Tensor:
         """Ancestral sampling. With a guidance scale `cfg`, `c` is [cond ‖ uncond] and only the cond
         half is returned: both halves share the noise, ε is guided, each half keeps its own variance.
-        `fast` hoists what does not change over the steps (condition embedding; one time embedding
-        per step; the shared input projection of both CFG halves); `fast=False` is the reference."""
+        `fast` hoists what does not change over the steps (condition embedding; the time embeddings of
+        all steps in one call; the shared input projection of both CFG halves); `fast=False` is the reference."""
         guided = cfg is not None
         n = c.shape[0] // 2 if guided else c.shape[0]
         noise = randn(self.num_steps)  # [0]: x_T; [j]: the noise added by the j-th step
         x = noise[0]
         steps = self.timestep_map.to(c.device)
-        cond = net.cond_embed(c) if fast else None
+        cond, temb = (net.cond_embed(c), net.time_embed(steps)) if fast else (None, None)
         for i in reversed(range(self.num_steps)):
             t = torch.full((n,), i, dtype=torch.long, device=c.device)
             if fast:
                 h = net.input_proj(x)
-                out = net.body(torch.cat([h, h]) if guided else h, net.time_embed(steps[i:i + 1]) + cond)
+                out = net.body(torch.cat([h, h]) if guided else h, temb[i:i + 1] + cond)
             else:
                 tt = steps[t]
                 out = net(torch.cat([x, x]), torch.cat([tt, tt]), c) if guided else net(x, tt, c)

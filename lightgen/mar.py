@@ -38,6 +38,11 @@ def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.unflatten(-1, (n, -1)).transpose(1, 2)  # (B, T, D) -> (B, H, T, D/H)
 
 
+def take(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x (B, L, D) at positions rows (B, k) -> (B, k, D)."""
+    return x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1]))
+
+
 class Attention(nn.Module):
     """timm `Attention` (fused qkv, SDPA) with timm's parameter names.
 
@@ -56,9 +61,15 @@ class Attention(nn.Module):
             slopes = torch.tensor([0.0] + [2.0 ** (i - (heads - 1) // 2) for i in range(heads - 1)])
             self.rel_pos_bias = nn.Parameter(-slopes[:, None] * dist2)
 
-    def forward(self, x, rel: torch.Tensor | None = None):
-        """`rel` (B or 1, T, T): offset index of each (query, key) token pair, for `rel_pos_bias`."""
-        q, k, v = (_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
+    def forward(self, x, rel: torch.Tensor | None = None, query: torch.Tensor | None = None):
+        """`rel` (B or 1, T_q, T): offset index of each (query, key) token pair, for `rel_pos_bias`.
+        `query` (a subset of x's rows): only those rows' outputs (keys and values still from all of x)."""
+        if query is None:
+            q, k, v = (_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
+        else:
+            D = x.shape[-1]
+            q = _heads(F.linear(query, self.qkv.weight[:D], self.qkv.bias[:D]), self.heads)
+            k, v = (_heads(t, self.heads) for t in F.linear(x, self.qkv.weight[D:], self.qkv.bias[D:]).chunk(2, -1))
         bias = self.rel_pos_bias[:, rel].transpose(0, 1).to(q.dtype) if rel is not None else None
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(x.transpose(1, 2).flatten(2)))
@@ -75,8 +86,14 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), proj_drop)
 
-    def forward(self, x, rel: torch.Tensor | None = None):
-        x = x + self.attn(self.norm1(x), rel)
+    def forward(self, x, rel: torch.Tensor | None = None, rows: torch.Tensor | None = None):
+        """`rows` (B, k): compute only those positions' outputs (they still attend to every token)."""
+        h = self.norm1(x)
+        if rows is None:
+            x = x + self.attn(h, rel)
+        else:
+            rel = None if rel is None else take(rel.expand(x.shape[0], -1, -1), rows)
+            x = take(x, rows) + self.attn(h, rel, take(h, rows))
         return x + self.mlp(self.norm2(x))
 
 
@@ -251,10 +268,13 @@ class LightGen(nn.Module):
             return checkpoint(block, *args, use_reentrant=False)
         return block(*args)
 
-    def _trunk(self, tokens, vis, text: TextContext, pos, repeat: int = 1) -> torch.Tensor:
+    def _trunk(self, tokens, vis, text: TextContext, pos, repeat: int = 1, rows: torch.Tensor | None = None
+               ) -> torch.Tensor:
         """Encoder (visible tokens only) → decoder (mask tokens elsewhere) → cross stack → z.
         `repeat`: the text batch is `repeat`× the token batch (CFG's [cond ‖ uncond]); encoder and
-        decoder never see the text, so they run once and their output is repeated for the cross stack."""
+        decoder never see the text, so they run once and their output is repeated for the cross stack.
+        `rows` (B, k): return z at those positions only (B·repeat, k, D). Everything after the decoder's
+        attention is per token, so the last decoder block and the cross stack run on those rows alone."""
         B, L, _ = tokens.shape
         enc_pos, dec_pos, last_pos, rel = pos
         x = self.z_proj_ln(self.z_proj(tokens) + enc_pos)
@@ -267,8 +287,12 @@ class LightGen(nn.Module):
         full = self.mask_token.to(x.dtype).expand(B, L, -1).scatter(1, index, x)
         x = full + dec_pos
         dec_rel = rel[None] if rel is not None else None
-        for block in self.decoder_blocks:
-            x = self._run(block, x, dec_rel)
+        n_dec = len(self.decoder_blocks)
+        for i, block in enumerate(self.decoder_blocks):
+            x = self._run(block, x, dec_rel, rows if i == n_dec - 1 else None)
+        if rows is not None:  # (the last decoder block already kept only `rows`)
+            x = x if n_dec else take(x, rows)
+            last_pos = take(last_pos.expand(B, -1, -1), rows)
         x = self.last_embed(self.decoder_norm(x)) + last_pos
         x = x.repeat(repeat, 1, 1)
         kv = text.kv if text.kv is not None else self.text_kv(text.states)
@@ -326,11 +350,12 @@ class LightGen(nn.Module):
             drop_text = torch.rand(B, device=x.device) < c.text_drop_prob if self.training else \
                 torch.zeros(B, dtype=torch.bool, device=x.device)
         text = torch.where(drop_text[:, None, None], self.null_text(B, text.shape[1]).to(text.dtype), text)
-        z = self._trunk(x, vis, TextContext(text), self.positions(rows, cols))
+        # fast: z only where the loss looks (masked tokens); reference: everywhere, as officially
+        z = self._trunk(x, vis, TextContext(text), self.positions(rows, cols), rows=masked if fast else None)
         head_rows = masked if fast else torch.arange(L, device=x.device).expand(B, L)
-        pick = lambda a: a.gather(1, head_rows[..., None].expand(-1, -1, a.shape[-1])).flatten(0, 1)  # noqa: E731
         mul = c.diffusion_batch_mul
-        loss = self.diffloss(pick(x).repeat(mul, 1), pick(z).repeat(mul, 1), t, noise, vb, fast)
+        loss = self.diffloss(take(x, head_rows).flatten(0, 1).repeat(mul, 1), z.flatten(0, 1).repeat(mul, 1),
+                             t, noise, vb, fast)
         loss = loss.view(mul, B, head_rows.shape[1])
         if not fast:
             weight = torch.zeros(B, L, device=x.device).scatter(1, masked, 1.0)
@@ -399,12 +424,11 @@ class LightGen(nn.Module):
                 continue  # more steps than tokens: nothing to predict this step
             vis = orders[:, n_masked:].sort(1).values
             pred = orders[:, n_next:n_masked].sort(1).values
-            pred2 = torch.cat([pred, pred]) if guided else pred
-            if cache:  # encoder/decoder once for both CFG halves
-                z = self._trunk(tokens, vis, text, pos, repeat=2 if guided else 1)
-            else:  # reference: the official doubled batch
-                z = self._trunk(*((torch.cat([a, a]) if guided else a) for a in (tokens, vis)), text, pos)
-            z = z.gather(1, pred2[..., None].expand(-1, -1, z.shape[-1])).flatten(0, 1)
+            if cache:  # encoder/decoder once for both CFG halves; z at the predicted rows only
+                z = self._trunk(tokens, vis, text, pos, repeat=2 if guided else 1, rows=pred).flatten(0, 1)
+            else:  # reference: the official doubled batch, z everywhere, then the predicted rows
+                doubled = [torch.cat([a, a]) if guided else a for a in (tokens, vis, pred)]
+                z = take(self._trunk(*doubled[:2], text, pos), doubled[2]).flatten(0, 1)
             k = n_masked - n_next
             scale = guidance_scale if cfg_schedule == "constant" else 1 + (guidance_scale - 1) * (L - n_next) / L
             randn = lambda draws: torch.cat([torch.randn(draws, k, c.token_dim, generator=g, device=g.device)  # noqa: E731

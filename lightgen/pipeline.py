@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +24,7 @@ from lightgen.config import LightGenConfig
 from lightgen.errors import InputError
 from lightgen.files import atomic_write
 from lightgen.mar import LightGen
+from lightgen.precision import native_bf16
 from lightgen.text import TextEncoder
 
 WEIGHT_NAMES = ("model", "model_ema")
@@ -34,6 +36,20 @@ def build_text_encoder(config: LightGenConfig, path: str | Path | None = None, s
     if config.text_encoder == "tiny-t5":
         return TextEncoder.tiny(config.t5_config or {}, config.max_length, config.text_vocab, seed)
     return TextEncoder.from_pretrained(config.text_encoder, config.max_length)
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def sampling_precision(precision: str, device: torch.device | str) -> AbstractContextManager:
+    """The context to sample in: "fp32" (exact), "bf16" (autocast), "auto" = bf16 only where bf16
+    matmuls are native (GPUs, AMX / AVX512-BF16 CPUs; emulated bf16 is far slower than fp32)."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    device = torch.device(device)
+    if precision == "bf16" or (precision == "auto" and native_bf16(device)):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def image_to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
@@ -186,22 +202,24 @@ class LightGenPipeline:
                  height: int | None = None, width: int | None = None,
                  generator: torch.Generator | Sequence[torch.Generator] | None = None,
                  seed: int | Sequence[int] | None = None, batch_size: int = 32, output_type: str = "pil",
-                 return_dict: bool = True) -> LightGenPipelineOutput | tuple:
+                 return_dict: bool = True, precision: str = "auto") -> LightGenPipelineOutput | tuple:
         """Images in prompt-major order (prompt 0's images first), as `.images`. Each image has its own
         generator (`generator`: one per image, or one that draws a seed per image; or `seed`: image k gets
         seed + k), so it does not depend on `batch_size` or on the other prompts. `output_type="latent"`
-        returns tokens."""
+        returns tokens. `precision`: see `sampling_precision` ("auto": bf16 where native, else the exact fp32 path)."""
         prompts = self._check(prompt, num_inference_steps, guidance_scale)
+        autocast = sampling_precision(precision, self.device)
         height, width = height or self.config.resolution, width or self.config.resolution
         rows, cols = self.config.grid(height, width)
         flat = [p for p in prompts for _ in range(num_images_per_prompt)]
         gens = self._generators(len(flat), seed, generator)
         outs = []
         for i in range(0, len(flat), batch_size):
-            outs.append(self.model.sample_tokens(self.text_encoder(flat[i:i + batch_size]).to(self.device),
-                                                 gens[i:i + batch_size], num_iter=num_inference_steps,
-                                                 guidance_scale=guidance_scale, cfg_schedule=cfg_schedule,
-                                                 temperature=temperature, height=height, width=width))
+            text = self.text_encoder(flat[i:i + batch_size]).to(self.device)
+            with autocast:
+                outs.append(self.model.sample_tokens(text, gens[i:i + batch_size], num_iter=num_inference_steps,
+                                                     guidance_scale=guidance_scale, cfg_schedule=cfg_schedule,
+                                                     temperature=temperature, height=height, width=width))
         tokens = torch.cat(outs)
         images = tokens if output_type == "latent" else self._decode(tokens, rows, cols)
         return LightGenPipelineOutput(images=images) if return_dict else (images,)
@@ -224,8 +242,9 @@ class LightGenPipeline:
         p = self.config.pixels_per_token
         m = torch.from_numpy(np.asarray(mask_image.convert("L"), dtype=np.float32) > 127)
         fill = m.reshape(rows, p, cols, p).any(dim=3).any(dim=1).flatten()  # any masked pixel -> token
-        tokens = self.model.sample_tokens(self.text_encoder([prompt] * num_images).to(self.device),
-                                          self._generators(num_images, seed, generator), num_iter=num_inference_steps,
-                                          guidance_scale=guidance_scale, height=height, width=width, init_tokens=init,
-                                          inpaint_mask=fill, **kwargs)
+        text = self.text_encoder([prompt] * num_images).to(self.device)
+        with sampling_precision(kwargs.pop("precision", "auto"), self.device):
+            tokens = self.model.sample_tokens(text, self._generators(num_images, seed, generator),
+                                              num_iter=num_inference_steps, guidance_scale=guidance_scale,
+                                              height=height, width=width, init_tokens=init, inpaint_mask=fill, **kwargs)
         return LightGenPipelineOutput(images=self._decode(tokens, rows, cols))

@@ -16,7 +16,8 @@ from lightgen.config import LightGenConfig
 from lightgen.diffloss import GaussianDiffusion, _spaced_steps
 from lightgen.errors import InputError
 from lightgen.mar import LightGen
-from lightgen.pipeline import LightGenPipeline, build_text_encoder
+from lightgen.pipeline import LightGenPipeline, build_text_encoder, sampling_precision
+from lightgen.precision import native_bf16
 
 TSV = Path(__file__).resolve().parents[2] / "shared" / "lightgen" / "fluid_large_state_dict_keys.tsv"
 SMALL = dict(width=48, num_heads=4, encoder_depth=1, decoder_depth=1, cross_depth=1, text_depth=1,
@@ -209,6 +210,37 @@ def test_cached_sampler_equals_reference_path(schedule, option):
     fast = model.sample_tokens(text, gens([1, 2]), cache=True, **kw)
     ref = model.sample_tokens(text, gens([1, 2]), cache=False, **kw)
     torch.testing.assert_close(fast, ref, rtol=0, atol=1e-5)
+
+
+BF16_TOKEN_RMSE = 0.05  # documented tolerance (README): bf16 vs fp32 tokens, [-1, 1] pixel scale
+
+
+@pytest.mark.skipif(not (native_bf16("cpu") or os.environ.get("LIGHTGEN_BF16_EMULATED")),
+                    reason="no native bf16 matmuls on this CPU (AVX512-BF16/AMX): 'auto' samples in fp32 here "
+                           "(LIGHTGEN_BF16_EMULATED=1 runs this test on emulated bf16)")
+def test_bf16_sampling_stays_within_documented_tolerance():
+    model = small_model().eval()
+    for p in model.diffloss.parameters():  # its zero-initialised output layers would make this trivial
+        torch.nn.init.normal_(p, std=0.05)
+    text = torch.randn(4, 16, 64)
+    tokens = {}
+    for precision in ("fp32", "bf16"):
+        with sampling_precision(precision, "cpu"):
+            tokens[precision] = model.sample_tokens(text, gens(range(4)), num_iter=8, guidance_scale=4.0)
+    assert tokens["bf16"].dtype == torch.float32
+    rmse = (tokens["bf16"] - tokens["fp32"]).pow(2).mean().sqrt()
+    assert 0 < rmse < BF16_TOKEN_RMSE
+
+
+def test_auto_precision_is_the_exact_fp32_path_without_native_bf16():
+    model = small_model().eval()
+    text = torch.randn(2, 16, 64)
+    with sampling_precision("auto", "cpu"):
+        auto = model.sample_tokens(text, gens([0, 1]), num_iter=3)
+    exact = model.sample_tokens(text, gens([0, 1]), num_iter=3)
+    assert torch.equal(auto, exact) == (not native_bf16("cpu"))
+    with pytest.raises(InputError, match="precision: expected one of"):
+        sampling_precision("fp16", "cpu")
 
 
 def test_train_at_one_grid_sample_at_another():
