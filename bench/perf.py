@@ -228,9 +228,10 @@ def perf_fid(dim: int, n: int, reference: bool) -> dict:
 
 def run_perf(preset: str, what: str, batch: int, resolution: int | None, device: str, iters: int = 3,
              steps: int = 64, guidance_scale: float = 4.0, reference: bool = True, out: str | Path | None = None,
-             overrides: dict | None = None, official: str | Path | None = None) -> dict:
+             overrides: dict | None = None, official: str | Path | None = None, command: str | None = None,
+             note: str | None = None) -> dict:
     """Measure one workload beside its baseline (the official code at `official`, else our reference
-    path) and write a JSON record."""
+    path) and write a JSON record (with the `command` that ran it and a free-text `note`, when given)."""
     from bench.provenance import environment
     from bench.official import load_official, official_kwargs, source_digest
 
@@ -255,7 +256,8 @@ def run_perf(preset: str, what: str, batch: int, resolution: int | None, device:
     baseline = "official" if module is not None else "reference"
     if baseline in results:
         results["speedup"] = results[baseline]["seconds"] / results["optimised"]["seconds"]
-    record = {"what": what, "preset": preset, "overrides": overrides or {}, "batch": batch, "resolution": res,
+    record = {**({"command": command} if command else {}), **({"note": note} if note else {}),
+              "what": what, "preset": preset, "overrides": overrides or {}, "batch": batch, "resolution": res,
               "sampling_steps": steps, "guidance_scale": guidance_scale, "baseline": baseline, **machine(dev),
               "results": results, **environment()}
     if dev.type == "cpu":

@@ -99,11 +99,12 @@ def test_ablation_config_errors_name_the_key(tmp_path):
 def test_perf_sample_smoke_reports_both_paths(tmp_path):
     out = tmp_path / "perf.json"
     result = CliRunner().invoke(main, ["perf", "--what", "sample", "--batch", "2", "--steps", "2", "--iters", "1",
-                                       "--output", str(out), *sum((["--set", f"{k}={v}"] for k, v in TINY_MODEL.items()), [])])
+                                       "--note", "shared box", "--output", str(out), *sum((["--set", f"{k}={v}"] for k, v in TINY_MODEL.items()), [])])
     assert result.exit_code == 0, result.output
     record = json.loads(out.read_text())
     assert record["results"]["optimised"]["images_per_call"] == 2 and record["results"]["reference"]["images_per_call"] == 2
     assert record["results"]["speedup"] > 0 and "git_commit" in record
+    assert record["command"].startswith("lightgen-bench perf --what sample") and record["note"] == "shared box"
 
 
 @pytest.mark.parametrize("what", ["train"])

@@ -186,6 +186,15 @@ def test_forward_features_deterministic_and_sees_visible_tokens_only():
 
 
 # ----------------------------------------------------------------------------------- sampling
+def option_model(option: dict) -> LightGen:
+    """small_model with a config option; a relative-position bias (zero-initialised) is given an effect."""
+    model = small_model(**option).eval()
+    for name, p in model.named_parameters():
+        if "rel_pos_bias" in name:
+            p.data.normal_()
+    return model
+
+
 def test_sampling_deterministic_per_seed_and_independent_of_batch():
     model = small_model().eval()
     text = torch.randn(3, 16, 64)
@@ -201,10 +210,7 @@ def test_sampling_deterministic_per_seed_and_independent_of_batch():
 @pytest.mark.parametrize("schedule,option", [("constant", {}), ("linear", {}), ("constant", {"prediction": "v"}),
                                              ("constant", {"rel_pos_bias": True})])
 def test_cached_sampler_equals_reference_path(schedule, option):
-    model = small_model(**option).eval()
-    for name, p in model.named_parameters():
-        if "rel_pos_bias" in name:
-            p.data.normal_()  # zero-initialised: give it an effect
+    model = option_model(option)
     text = torch.randn(2, 16, 64)
     kw = dict(num_iter=5, guidance_scale=2.5, cfg_schedule=schedule)
     fast = model.sample_tokens(text, gens([1, 2]), cache=True, **kw)
@@ -440,9 +446,11 @@ def test_sample_cli_bad_input_exit_2(tmp_path, args, match):
     assert result.exit_code == 2 and match in result.output, result.output
 
 
-def test_reference_training_path_gives_the_same_loss():
-    """Head on masked rows only (ours) == head on every row, then masked mean (official), same draws."""
-    model = small_model().eval()
+@pytest.mark.parametrize("option", [{}, {"prediction": "v"}, {"rel_pos_bias": True}])
+def test_reference_training_path_gives_the_same_loss(option):
+    """Head, cross stack and last decoder block on masked rows only (ours) == on every row, then masked
+    mean (official), same draws; also with v-prediction and the relative-position bias gathered per row."""
+    model = option_model(option)
     x, text = torch.randn(2, 3, 32, 32), torch.randn(2, 16, 64)
     mul, L, n = model.config.diffusion_batch_mul, 64, 50
     orders = torch.stack([torch.randperm(L) for _ in range(2)])

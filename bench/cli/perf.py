@@ -32,8 +32,10 @@ Examples:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Model config override.")
 @click.option("--output", "out", type=click.Path(dir_okay=False), default=None, help="Write the JSON record here.")
-def perf(preset, what, batch, resolution, steps, guidance_scale, iters, reference, official, threads, device,
-         overrides, out):
+@click.option("--note", default=None, help="Free text kept in the record (e.g. how busy the machine was).")
+@click.pass_obj
+def perf(command_line, preset, what, batch, resolution, steps, guidance_scale, iters, reference, official, threads,
+         device, overrides, out, note):
     """Images/s, step time, peak memory (and FLOPs / MFU on a GPU), ours vs a baseline, interleaved."""
     import torch
 
@@ -44,7 +46,8 @@ def perf(preset, what, batch, resolution, steps, guidance_scale, iters, referenc
         torch.set_num_threads(threads)
     record = run_perf(preset, what, batch, resolution, device, iters=iters, steps=steps,
                       guidance_scale=guidance_scale, reference=reference, out=out,
-                      overrides=parse_overrides(overrides), official=official)
+                      overrides=parse_overrides(overrides), official=official, command=" ".join(command_line),
+                      note=note)
     click.echo(json.dumps(record["results"], indent=2))
     if "speedup" in record["results"]:
         click.echo(f"speedup vs {record['baseline']} ({record['clock']} time): {record['results']['speedup']:.2f}x")
