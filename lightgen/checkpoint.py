@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -29,17 +30,29 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{path}: not a readable safetensors file ({e})") from e
 
 
-def load_official_pth(path: str | Path) -> dict:
-    """Read an official checkpoint without executing pickled code: `weights_only=True` plus an explicit
-    allow-list (argparse.Namespace). Anything else in the pickle is refused."""
+def read_pth(path: str | Path, allowlist: list) -> object:
+    """`torch.load(weights_only=True)` with an explicit allow-list of globals, so no pickled code runs.
+    A refused global, a truncated or corrupt file: one InputError naming the file (and the global)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint file not found")
     try:
-        with torch.serialization.safe_globals(OFFICIAL_PTH_ALLOWLIST):
-            ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(allowlist):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise InputError(f"{path}: refused to unpickle: it holds objects outside the allow-list "
-                         f"{[c.__name__ for c in OFFICIAL_PTH_ALLOWLIST]} ({str(e).splitlines()[0]})") from e
-    except (OSError, RuntimeError, EOFError) as e:
-        raise InputError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))  # "Unsupported global: GLOBAL x.y" / "unsupported GLOBAL x.y"
+        if found is None:
+            raise InputError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from None
+        allowed = [a[1] if isinstance(a, tuple) else f"{a.__module__}.{a.__qualname__}" for a in allowlist]
+        raise InputError(f"{path}: refused to unpickle {found.group(1)}: it is outside the allow-list of "
+                         f"tensors, plain containers and {allowed}") from None
+    except (OSError, RuntimeError, EOFError, ValueError, AttributeError) as e:
+        raise InputError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from None
+
+
+def load_official_pth(path: str | Path) -> dict:
+    """Read an official LightGen checkpoint (allow-list: argparse.Namespace, its training args)."""
+    ckpt = read_pth(path, OFFICIAL_PTH_ALLOWLIST)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise InputError(f"{path}: expected a dict with a 'model' state dict (official LightGen layout)")
     return ckpt
