@@ -1,4 +1,5 @@
 """GenEval scoring: summary numbers, the resumable scoring loop, and each backend end to end."""
+import hashlib
 import json
 
 import numpy as np
@@ -8,7 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from bench.cli import main
-from bench.geneval.colors import ClipColorClassifier, object_crop
+from bench.geneval.colors import TEMPLATES, ClipColorClassifier, object_crop
 from bench.geneval.detectors import Mask2FormerDetector, label_names, mask2bbox, mmdet_resize_shape
 from bench.geneval.layout import OBJECT_NAMES, write_prompt
 from bench.geneval.rules import COLORS
@@ -49,10 +50,14 @@ class FakeDetector:
     name, checkpoint, image_size, classes = "fake", "table-v1", None, list(OBJECT_NAMES)
 
     def __init__(self, table):
-        self.table, self.calls = table, 0
+        self.table, self.calls, self.images = table, 0, 0
+
+    def weights(self):
+        return {"checkpoint": self.checkpoint, "checkpoint_sha256": None, "official_weights": False}
 
     def detect(self, images):
         self.calls += 1
+        self.images += len(images)
         out = []
         for im in images:
             dets = self.table[im.getpixel((0, 0))[0]]
@@ -61,7 +66,7 @@ class FakeDetector:
 
 
 class FakeColors:
-    name, checkpoint = "fake-colors", "v1"
+    name, checkpoint, precision = "fake-colors", "v1", "fp32"
 
     def __init__(self):
         self.seen = []
@@ -107,7 +112,9 @@ def test_score_rows_details_and_colour_requests(tmp_path):
     assert colors.seen == [("car", 0.85), ("car", 0.7)]  # only the top-`count` object of colour clauses
     assert (rows[0]["detector"], rows[0]["checkpoint"], rows[0]["color_classifier"]) == ("fake", "table-v1",
                                                                                          "fake-colors:v1")
+    assert rows[0]["image_sha256"] == hashlib.sha256((r.results.parent / "00000/samples/0000.png").read_bytes()).hexdigest()
     s = json.loads((r.results.parent / "summary.json").read_text())
+    assert not s["published_comparable"]["comparable"] and len(s["published_comparable"]["why_not"]) == 4
     assert s["overall"] == 0.5 and s["tasks"]["colors"]["score"] == 0.5 and s["errors"] == 0
     assert s["detector"] == "fake" and "torch" in s["versions"] and s["rules"]["counting_threshold"] == 0.9
     assert "| out | 0.5000 |" in (r.results.parent / "summary.md").read_text()
@@ -138,6 +145,20 @@ def test_resume_never_duplicates_and_bad_images_become_error_rows(tmp_path):
     other.checkpoint = "table-v2"
     with pytest.raises(InputError, match="another --results"):
         run(out, other)
+
+
+def test_resume_rescores_images_regenerated_in_place(tmp_path):
+    out = make_outdir(tmp_path)
+    det = FakeDetector(TABLE)
+    assert run(out, det).summary["overall"] == 0.5
+    write_prompt(out, 0, META[0], [Image.new("RGB", (8, 8), (c, 0, 0)) for c in (1, 1)])  # sample 1: blue -> red car
+    det.images = 0
+    again = run(out, det)
+    assert det.images == 1 and again.summary["tasks"]["colors"]["score"] == 1.0  # only the changed image, no stale row
+    rows = read_results(again.results)
+    assert len(rows) == 4 and [r["correct"] for r in rows if r["tag"] == "colors"] == [True, True]
+    (out / "00001" / "samples" / "0001.png").unlink()  # a removed image leaves the results too
+    assert run(out, det, allow_missing=True).summary["images"] == 3 and det.images == 1
 
 
 def test_missing_folders_and_counts_need_allow_missing(tmp_path):
@@ -190,9 +211,16 @@ def test_mask2former_helpers():
     assert label_names([f"LABEL_{i}" for i in range(80)], OBJECT_NAMES) == list(OBJECT_NAMES)
 
 
-def test_mask2former_backend_end_to_end(tmp_path):
-    tiny_mask2former().save_pretrained(tmp_path / "m2f")
-    det = Mask2FormerDetector(checkpoint=str(tmp_path / "m2f"), image_size=64, device="cpu")  # the real loader
+@pytest.fixture(scope="module")
+def tiny_detector(tmp_path_factory):
+    path = tmp_path_factory.mktemp("m2f")
+    tiny_mask2former().save_pretrained(path)
+    return Mask2FormerDetector(checkpoint=str(path), image_size=64, device="cpu")  # the real loader
+
+
+def test_mask2former_backend_end_to_end(tiny_detector):
+    det = tiny_detector
+    assert det.weights() == {"checkpoint": det.requested, "checkpoint_sha256": None, "official_weights": False}
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)) for h, w in ((40, 56), (64, 48))]
     out = det.detect(images)
@@ -204,17 +232,42 @@ def test_mask2former_backend_end_to_end(tmp_path):
             assert d["box"] == mask2bbox(torch.from_numpy(d["mask"])[None])[0].tolist()
     # score = class probability x mean mask probability inside the mask, recomputed by hand for one image
     model = det._load()
-    x, sizes = det.preprocess(images)  # short side 64 (long side <= 107), batch zero-padded to 32s
-    assert x.shape == (2, 3, 96, 96) and sizes == [(64, 90), (85, 64)]
+    x, size = det.preprocess(images[0])  # short side 64 (long side <= 107), zero-padded to 32s
+    assert x.shape == (1, 3, 64, 96) and size == (64, 90)
     with torch.no_grad():
         o = model(pixel_values=x)
     probs = o.class_queries_logits[0].softmax(-1)[:, :-1]
     q, c = divmod(int(probs.flatten().argmax()), 80)
-    m = torch.nn.functional.interpolate(o.masks_queries_logits[:1, q: q + 1], size=(96, 96), mode="bilinear")
+    m = torch.nn.functional.interpolate(o.masks_queries_logits[:1, q: q + 1], size=(64, 96), mode="bilinear")
     m = torch.nn.functional.interpolate(m[:, :, :64, :90], size=(40, 56), mode="bilinear")[0, 0]
     want = probs[q, c] * (m.sigmoid() * (m > 0)).sum() / ((m > 0).sum() + 1e-6)
     top = next(d for d in out[0] if d["class"] == OBJECT_NAMES[c] and (d["mask"] == (m > 0).numpy()).all())
     assert top["score"] == pytest.approx(float(want), rel=1e-5)
+
+
+def test_mask2former_resizes_uint8_with_opencv_and_normalises_like_mmcv(tiny_detector):
+    import cv2
+
+    rng = np.random.default_rng(1)
+    im = rng.integers(0, 256, (40, 56, 3), np.uint8)
+    x, size = tiny_detector.preprocess(Image.fromarray(im))
+    resized = cv2.resize(im, (90, 64), interpolation=cv2.INTER_LINEAR)  # mmcv.imrescale's kernel
+    want = resized.astype(np.float32) - np.float32([123.675, 116.28, 103.53])  # mmcv.imnormalize: cv2 ops in place
+    cv2.multiply(want, 1 / np.float64([[58.395, 57.12, 57.375]]), want)
+    assert size == (64, 90) and np.array_equal(x[0, :, :64, :90].permute(1, 2, 0).numpy(), want)
+    assert not x[0, :, :, 90:].any() and x.shape[-2:] == (64, 96)  # zero padding to a multiple of 32
+    floats = torch.nn.functional.interpolate(torch.from_numpy(im).permute(2, 0, 1)[None].float(), size=(64, 90),
+                                             mode="bilinear").round()[0].permute(1, 2, 0).numpy()
+    assert np.abs(floats - resized).max() >= 1  # the float resize it replaced is off by a grey level here
+
+
+def test_mask2former_detections_do_not_depend_on_the_other_images(tiny_detector):
+    rng = np.random.default_rng(2)
+    a, b = (Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)) for h, w in ((40, 56), (64, 40)))
+    together, alone = tiny_detector.detect([a, b]), tiny_detector.detect([a])
+    assert [(d["class"], d["score"], d["box"]) for d in together[0]] == [(d["class"], d["score"], d["box"])
+                                                                         for d in alone[0]]
+    assert all(np.array_equal(x["mask"], y["mask"]) for x, y in zip(together[0], alone[0]))
 
 
 def test_mmdet_backend_end_to_end():
@@ -241,29 +294,64 @@ def test_object_crop_protocol():
     assert crop[:, 0].tolist() == [[153, 153, 153]] * 2 and crop[:, 1:].tolist() == [[[255, 0, 0]] * 2] * 2
 
 
-def test_clip_colour_backend_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A tiny open_clip architecture, registered under a name (random weights: pretrained=None)."""
     import open_clip
 
-    (tmp_path / "lgb-tiny-clip.json").write_text(json.dumps({
+    path = tmp_path_factory.mktemp("clip") / "lgb-tiny-clip.json"
+    path.write_text(json.dumps({
         "embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}))
-    open_clip.add_model_config(tmp_path / "lgb-tiny-clip.json")
+    open_clip.add_model_config(path)
+    return "lgb-tiny-clip"
+
+
+def test_clip_colour_backend_end_to_end(tiny_clip):
     torch.manual_seed(0)
-    clf = ClipColorClassifier("lgb-tiny-clip", pretrained=None, device="cpu", batch_size=2)
+    clf = ClipColorClassifier(tiny_clip, pretrained=None, device="cpu", batch_size=2)
     w = clf.class_weights("car")
     assert w.shape == (16, 10) and torch.allclose(w.norm(dim=0), torch.ones(10))
     mask = np.zeros((20, 24), bool)
     mask[2:10, 3:15] = True
     items = [(Image.new("RGB", (24, 20), c), {"mask": mask, "box": [3, 2, 15, 10]}, n)
              for c, n in (((250, 0, 0), "car"), ((0, 0, 250), "bus"), ((250, 250, 0), "car"))]
-    got = clf.classify(items)
-    assert len(got) == 3 and set(got) <= set(COLORS)
+    got = clf.classify(items[:1]) + clf.classify(items[1:2]) + clf.classify(items[2:])  # one clause per call
+    assert len(got) == 3 and set(got) <= set(COLORS) and clf.precision == "fp32"
     # by hand: normalised image embedding of the crop against the class's weights
     x = clf._preprocess(object_crop(*items[1][:2]))[None]
     with torch.no_grad():
         f = torch.nn.functional.normalize(clf._model.encode_image(x), dim=-1)[0]
     assert got[1] == COLORS[int((f @ clf.class_weights("bus")).argmax())]
     assert "bus" in clf._weights and len(clf._weights) == 2
+    with pytest.raises(ValueError, match="one clause"):
+        clf.classify(items)
+
+
+def test_clip_logits_under_fp16_autocast_as_clip_benchmark(tiny_clip):
+    """GenEval on CUDA: clip_benchmark's classifier and logits under fp16 autocast (run here on the CPU)."""
+    import open_clip
+
+    torch.manual_seed(0)
+    clf = ClipColorClassifier(tiny_clip, pretrained=None, device="cpu", amp=True)
+    assert clf.precision == "fp16-autocast"
+    mask = np.ones((20, 24), bool)
+    items = [(Image.new("RGB", (24, 20), c), {"mask": mask, "box": [0, 0, 24, 20]}, "car")
+             for c in ((250, 0, 0), (30, 200, 90))]
+    got = clf.logits(items)
+    model, tok = clf._model, open_clip.get_tokenizer(tiny_clip)
+    x = torch.stack([clf._preprocess(object_crop(im, d)) for im, d, _ in items])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):  # clip_benchmark 1.4, amp=True
+        weights = []
+        for c in COLORS:
+            e = torch.nn.functional.normalize(model.encode_text(tok([t.format(c=c, obj="car") for t in TEMPLATES])),
+                                              dim=-1).mean(0)
+            weights.append(e / e.norm())
+        want = 100.0 * torch.nn.functional.normalize(model.encode_image(x), dim=-1) @ torch.stack(weights, 1)
+    assert want.dtype == torch.float16 and torch.equal(got, want.float())
+    with torch.no_grad():
+        fp32 = 100.0 * torch.nn.functional.normalize(model.encode_image(x), dim=-1) @ clf.class_weights("car").float()
+    assert not torch.equal(got, fp32)  # the fp32 logits it replaced differ
 
 
 # ----------------------------------------------------------------------------------- CLI, testbed

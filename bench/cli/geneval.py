@@ -23,7 +23,9 @@ def _scoring_options(f):
                      help="Detector backend (default: testbed with --testbed, else mask2former; mmdet = GenEval's "
                           "own, an optional extra)."),
         click.option("--checkpoint", default=None,
-                     help="Detector weights: hub id, local path or URL (default: the backend's)."),
+                     help="Detector weights. mask2former: GenEval's mmdet .pth (path or URL; converted once and "
+                          "cached), a converted directory, or a transformers hub id / directory (default: GenEval's "
+                          "own checkpoint, downloaded). mmdet: path or URL."),
         click.option("--image-size", type=int, default=None,
                      help="Detector input short side (official 800; 0 = original size)."),
         click.option("--color-classifier", default=None, type=click.Choice(["clip", "testbed"]),
@@ -124,6 +126,8 @@ def geneval(ckpt, pipeline, testbed, outdir, prompts, limit, n_samples, steps, g
         raise InputError(f"--shard {shard}: expected i/n, e.g. 0/4") from None
     detector, classifier = _scorer(opts, testbed_default=testbed)
     prompt_list = _load_prompts(prompts, testbed or opts["detector"] == "testbed", limit, detector.classes)
+    if not no_score and n == 1:
+        detector.weights()  # download / convert the detector checkpoint now, not after hours of generation
     import torch
     state = None
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # under `accelerate launch`: one process per device
@@ -151,8 +155,9 @@ def geneval(ckpt, pipeline, testbed, outdir, prompts, limit, n_samples, steps, g
 
 @main.command("geneval-score", epilog="""\b
 Examples:
-  lightgen-bench geneval-score runs/sd21                       # Mask2Former (HF) + CLIP ViT-L-14
-  lightgen-bench geneval-score runs/sd21 --detector mmdet      # GenEval's own detector
+  lightgen-bench geneval-score runs/sd21                       # GenEval's detector (transformers) + CLIP
+  lightgen-bench geneval-score runs/sd21 --checkpoint detectors/geneval-m2f   # converted once, offline
+  lightgen-bench geneval-score runs/sd21 --detector mmdet      # the same weights through mmdet (mmcv)
   lightgen-bench geneval-score runs/geneval-teacher --detector testbed
   lightgen-bench geneval-score official_outputs/ --n-samples 0 --allow-missing   # anything there
 \b
@@ -169,6 +174,25 @@ def geneval_score(outdir, prompts, n_samples, **opts):
     detector, classifier = _scorer(opts)
     prompt_list = _load_prompts(prompts, opts["detector"] == "testbed", None, detector.classes)
     _score(outdir, prompt_list, detector, classifier, opts, n_samples or None)
+
+
+@main.command("convert-geneval-detector", epilog="""\b
+Example:
+  lightgen-bench convert-geneval-detector \\
+      mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco_20220504_001756-743b7d99.pth detectors/geneval-m2f
+\b
+Accepts the mmdet 2.x file (GenEval's) or its mmdet 3.x conversion (...-c9d0c4f2.pth). Exit 2 (nothing
+written) for a file that is not that model, pickles anything but tensors and plain metadata, or is truncated.
+""")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("outdir", type=click.Path(file_okay=False))
+def convert_geneval_detector(checkpoint, outdir):
+    """Convert GenEval's Mask2Former checkpoint into a transformers directory (no mmcv needed)."""
+    from bench.geneval.convert import convert, read_source
+    source = read_source(convert(checkpoint, outdir))
+    official = f"yes, {source['official']}" if source["official"] else "no"
+    click.echo(f"{outdir}: {source['source']} ({source['layout']} keys, sha256 {source['sha256'][:16]}...); "
+               f"GenEval's own weights: {official}")
 
 
 @main.command("fid", epilog="""\b

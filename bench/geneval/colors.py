@@ -24,8 +24,10 @@ BACKGROUND = (153, 153, 153)  # "#999"
 class ColorClassifier(Protocol):
     name: str
     checkpoint: str
+    precision: str  # how the logits were computed, e.g. "fp16-autocast" (official, CUDA) or "fp32"
 
-    def classify(self, items: list[tuple[Image.Image, dict, str]]) -> list[str]: ...
+    def classify(self, items: list[tuple[Image.Image, dict, str]]) -> list[str]:
+        """Colours of the objects of one include clause (one image), as one batch like GenEval."""
 
 
 def object_crop(image: Image.Image, detection: dict,
@@ -40,15 +42,22 @@ def object_crop(image: Image.Image, detection: dict,
 
 
 class ClipColorClassifier:
-    """open_clip `ViT-L-14` / `openai` by default (GenEval's model); weights load on first use."""
+    """open_clip `ViT-L-14` / `openai` by default (GenEval's model); weights load on first use.
+
+    Logits as clip_benchmark 1.4's `zero_shot_classifier` + `run_classification(amp=True)`, which
+    GenEval calls: on CUDA both run under fp16 autocast, so the logits `100 * normalize(f) @ W` are
+    fp16 (ties go to the first colour). Elsewhere everything is fp32 (`precision` says which).
+    """
 
     name = "clip"
 
     def __init__(self, model: str = "ViT-L-14", pretrained: str | None = "openai", device: str | None = None,
-                 batch_size: int = 16):
+                 batch_size: int = 16, amp: bool | None = None):
         self.model_name, self.pretrained = model, pretrained
         self.checkpoint = f"{model}:{pretrained}"
         self.device, self.batch_size = device or default_device(), batch_size
+        self.amp = str(self.device).startswith("cuda") if amp is None else amp
+        self.precision = "fp16-autocast" if self.amp else "fp32"
         self._model = self._preprocess = self._tokenizer = None
         self._weights: dict[str, torch.Tensor] = {}
 
@@ -61,30 +70,39 @@ class ClipColorClassifier:
             self._tokenizer = open_clip.get_tokenizer(self.model_name)
         return self._model
 
-    def _autocast(self):  # the official run uses amp on CUDA; fp32 elsewhere
-        return torch.autocast("cuda", enabled=str(self.device).startswith("cuda"))
+    def _autocast(self):
+        return torch.autocast(torch.device(self.device).type, dtype=torch.float16, enabled=self.amp)
 
+    @torch.inference_mode()
     def class_weights(self, classname: str) -> torch.Tensor:
-        """(D, 10) zero-shot weights for one object class, cached."""
+        """(D, 10) zero-shot weights for one object class, cached: per colour, its 3 templates are
+        encoded, L2-normalised, averaged and normalised again."""
         if classname not in self._weights:
-            import open_clip
-            templates = [lambda c, t=t: t.format(c=c, obj=classname) for t in TEMPLATES]
+            model, columns = self._load(), []
             with self._autocast():
-                w = open_clip.build_zero_shot_classifier(self._load(), self._tokenizer, COLORS, templates,
-                                                         num_classes_per_batch=None, device=self.device)
-            self._weights[classname] = w.float()
+                for colour in COLORS:
+                    texts = self._tokenizer([t.format(c=colour, obj=classname) for t in TEMPLATES]).to(self.device)
+                    w = F.normalize(model.encode_text(texts), dim=-1).mean(0)
+                    columns.append(w / w.norm())
+            self._weights[classname] = torch.stack(columns, 1)
         return self._weights[classname]
 
     @torch.inference_mode()
-    def classify(self, items: Sequence[tuple[Image.Image, dict, str]]) -> list[str]:
+    def logits(self, items: Sequence[tuple[Image.Image, dict, str]]) -> torch.Tensor:
+        """(N, 10) colour logits of one clause's objects (all of one class), batches of `batch_size`."""
         model, out = self._load(), []
+        weights = self.class_weights(items[0][2])
         for i in range(0, len(items), self.batch_size):
             chunk = items[i: i + self.batch_size]
             x = torch.stack([self._preprocess(object_crop(im, det)) for im, det, _ in chunk]).to(self.device)
             with self._autocast():
-                feats = F.normalize(model.encode_image(x).float(), dim=-1)
-            out += [COLORS[int((f @ self.class_weights(cls)).argmax())] for f, (_, _, cls) in zip(feats, chunk)]
-        return out
+                out.append((100.0 * F.normalize(model.encode_image(x), dim=-1) @ weights).float().cpu())
+        return torch.cat(out)
+
+    def classify(self, items: Sequence[tuple[Image.Image, dict, str]]) -> list[str]:
+        if len({cls for _, _, cls in items}) > 1:
+            raise ValueError("classify: one clause's objects (a single class) per call")
+        return [COLORS[int(i)] for i in self.logits(items).argmax(1)] if items else []
 
 
 def get_color_classifier(name: str = "clip", **kw) -> ColorClassifier:

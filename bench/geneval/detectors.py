@@ -2,8 +2,9 @@
 
 Record: `{"class": str, "score": float, "box": [x1, y1, x2, y2], "mask": bool ndarray (H, W)}` at
 the original image resolution. Weights load lazily on the first `detect`, so prompt metadata can be
-checked against `classes` before anything heavy happens. Backends other than the official mmdet 2.x
-checkpoint give different numbers: `name`, `checkpoint` and `image_size` go into every results row.
+checked against `classes` before anything heavy happens. Only GenEval's own checkpoint gives
+published-comparable numbers: `weights()` (name, sha256, official or not) and `image_size` go into
+every results row.
 """
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.transforms.functional import pil_to_tensor
 
+from bench.geneval.convert import OFFICIAL_FILES, OFFICIAL_URL, hash_suffix, resolve, sha256_file
 from bench.geneval.layout import OBJECT_NAMES
 from lightgen.errors import InputError
 
-M2F_CHECKPOINT = "facebook/mask2former-swin-small-coco-instance"  # Detectron2 Swin-S COCO instance, HF port
+# Detectron2's Swin-S COCO instance model (HF port): a different training run; the default before GenEval's own
+HF_PORT_CHECKPOINT = "facebook/mask2former-swin-small-coco-instance"
 MMDET_CONFIG = "mask2former_swin-s-p4-w7-224_8xb2-lsj-50e_coco"
 # mmdet 3.x conversion of the same training run as GenEval's 2.x checkpoint (...-743b7d99.pth).
 MMDET_CHECKPOINT = ("https://download.openmmlab.com/mmdetection/v3.0/mask2former/" + MMDET_CONFIG + "/"
@@ -29,17 +31,26 @@ MMDET_CHECKPOINT = ("https://download.openmmlab.com/mmdetection/v3.0/mask2former
 ALIASES = {"mouse": "computer mouse", "remote": "tv remote", "keyboard": "computer keyboard", "tvmonitor": "tv",
            "motorbike": "motorcycle", "aeroplane": "airplane", "sofa": "couch", "pottedplant": "potted plant",
            "diningtable": "dining table", "hair dryer": "hair drier"}
-PIXEL_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
-PIXEL_STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+PIXEL_MEAN = np.array([123.675, 116.28, 103.53])
+PIXEL_STD = np.array([58.395, 57.12, 57.375])
 
 
 class Detector(Protocol):
     name: str
-    checkpoint: str
     image_size: int | None
     classes: list[str]
 
+    def weights(self) -> dict:
+        """{"checkpoint": name, "checkpoint_sha256": str | None, "official_weights": GenEval's own file?}"""
+
     def detect(self, images: list[Image.Image]) -> list[list[dict]]: ...
+
+
+def named_weights(checkpoint: str | None, sha256: str | None = None) -> dict:
+    """`weights()` of a checkpoint known by name (and hash if local); official by mmdet's hash suffix."""
+    prefix = hash_suffix(checkpoint or "")
+    official = prefix in OFFICIAL_FILES and (sha256 is None or sha256.startswith(prefix))
+    return {"checkpoint": checkpoint, "checkpoint_sha256": sha256, "official_weights": official}
 
 
 def default_device() -> str:
@@ -80,44 +91,64 @@ def mask2bbox(masks: torch.Tensor) -> torch.Tensor:
 
 
 class Mask2FormerDetector:
-    """transformers' `Mask2FormerForUniversalSegmentation` with mmdet's test pipeline and instance
+    """transformers' `Mask2FormerForUniversalSegmentation` with mmdet 2.x's test pipeline and instance
     post-processing (top 100 query-class pairs; score = class prob x mean mask prob inside the mask;
     box = mask2bbox). transformers' own post-processor thresholds and resolves overlaps, so it is
-    not used: GenEval needs every raw detection."""
+    not used: GenEval needs every raw detection.
+
+    Default weights: GenEval's own checkpoint, downloaded once, converted (`bench.geneval.convert`)
+    and cached. One image per forward, as officially: a padded batch shifts every feature (global
+    attention and GroupNorm see the padding).
+    """
 
     name = "mask2former"
 
-    def __init__(self, checkpoint: str = M2F_CHECKPOINT, image_size: int | None = 800, device: str | None = None,
-                 batch_size: int = 2, max_per_image: int = 100, classes: Sequence[str] = OBJECT_NAMES,
-                 model: torch.nn.Module | None = None):
-        self.checkpoint, self.image_size = checkpoint, image_size or None
-        self.device, self.batch_size, self.max_per_image = device or default_device(), batch_size, max_per_image
-        self.classes, self._model, self._labels = list(classes), model, None
+    def __init__(self, checkpoint: str = OFFICIAL_URL, image_size: int | None = 800, device: str | None = None,
+                 max_per_image: int = 100, classes: Sequence[str] = OBJECT_NAMES, model: torch.nn.Module | None = None):
+        self.requested, self.image_size = checkpoint, image_size or None
+        self.device, self.max_per_image = device or default_device(), max_per_image
+        self.classes, self._model, self._labels, self._resolved = list(classes), model, None, None
+
+    def _resolve(self) -> tuple[str, dict | None]:
+        if self._resolved is None:
+            self._resolved = resolve(self.requested)
+        return self._resolved
+
+    @property
+    def checkpoint(self) -> str:
+        source = self._resolve()[1]
+        return source["source"] if source else self.requested
+
+    def weights(self) -> dict:
+        """Which weights score: the checkpoint, its sha256 and whether it is GenEval's own file."""
+        sha256 = (self._resolve()[1] or {}).get("sha256")
+        return {"checkpoint": self.checkpoint, "checkpoint_sha256": sha256,
+                "official_weights": sha256 is not None and sha256[:8] in OFFICIAL_FILES}
 
     def _load(self) -> torch.nn.Module:
         if self._model is None:
             from transformers import Mask2FormerForUniversalSegmentation
-            self._model = Mask2FormerForUniversalSegmentation.from_pretrained(self.checkpoint)
+            self._model = Mask2FormerForUniversalSegmentation.from_pretrained(self._resolve()[0])
         if self._labels is None:
             cfg = self._model.config
             self._labels = label_names([cfg.id2label[i] for i in range(cfg.num_labels)], self.classes)
             self._model.to(self.device).eval()
         return self._model
 
-    def preprocess(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """Resize (bilinear, uint8 result like cv2), normalise, zero-pad the batch to a multiple of 32."""
-        xs = []
-        for im in images:
-            x = pil_to_tensor(im.convert("RGB")).float()
-            if self.image_size:
-                size = mmdet_resize_shape(im.height, im.width, self.image_size)
-                x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0].round().clamp(0, 255)
-            xs.append((x - PIXEL_MEAN) / PIXEL_STD)
-        h, w = (32 * math.ceil(max(x.shape[d] for x in xs) / 32) for d in (1, 2))
-        batch = torch.zeros(len(xs), 3, h, w)
-        for b, x in zip(batch, xs):
-            b[:, : x.shape[1], : x.shape[2]] = x
-        return batch, [tuple(x.shape[1:]) for x in xs]
+    def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, tuple[int, int]]:
+        """mmdet 2.x: uint8 resize with cv2 INTER_LINEAR (`mmcv.imrescale`), normalise as
+        `mmcv.imnormalize` (float32 subtract, float64 multiply by 1/std), zero-pad to a multiple of 32."""
+        import cv2
+
+        x = np.asarray(image.convert("RGB"))
+        if self.image_size:
+            h, w = mmdet_resize_shape(*x.shape[:2], self.image_size)
+            x = cv2.resize(x, (w, h), interpolation=cv2.INTER_LINEAR)
+        x = ((x.astype(np.float32) - PIXEL_MEAN.astype(np.float32)) * (1 / PIXEL_STD)).astype(np.float32)
+        h, w = x.shape[:2]
+        padded = np.zeros((32 * math.ceil(h / 32), 32 * math.ceil(w / 32), 3), np.float32)
+        padded[:h, :w] = x
+        return torch.from_numpy(padded).permute(2, 0, 1)[None], (h, w)
 
     def postprocess(self, logits: torch.Tensor, mask_logits: torch.Tensor, padded: tuple[int, int],
                     resized: tuple[int, int], original: tuple[int, int]) -> list[dict]:
@@ -139,18 +170,18 @@ class Mask2FormerDetector:
     @torch.inference_mode()
     def detect(self, images: list[Image.Image]) -> list[list[dict]]:
         model, out = self._load(), []
-        for i in range(0, len(images), self.batch_size):
-            chunk = images[i: i + self.batch_size]
-            x, sizes = self.preprocess(chunk)
+        for im in images:
+            x, size = self.preprocess(im)
             o = model(pixel_values=x.to(self.device))
-            out += [self.postprocess(c.float().cpu(), m.float().cpu(), tuple(x.shape[-2:]), s, (im.height, im.width))
-                    for c, m, s, im in zip(o.class_queries_logits, o.masks_queries_logits, sizes, chunk)]
+            out.append(self.postprocess(o.class_queries_logits[0].float().cpu(), o.masks_queries_logits[0].float().cpu(),
+                                        tuple(x.shape[-2:]), size, (im.height, im.width)))
         return out
 
 
 class MMDetDetector:
-    """GenEval's own detector through mmdet 3.x. Default weights: the 3.x conversion of the official
-    checkpoint (same training run; GenEval itself runs mmdet 2.x, which needs mmcv-full 1.7).
+    """GenEval's own detector through mmdet 3.x: the reference that `bench.geneval.parity_mmdet`
+    checks the converted `mask2former` backend against. Default weights: the 3.x conversion of the
+    official checkpoint (same training run; GenEval itself runs mmdet 2.x, which needs mmcv-full 1.7).
 
     PyPI has no mmcv binary wheel (and mmcv-lite lacks the ops), so build it once (6-25 min, 2 cores):
         pip install "setuptools>=77.0.3,<81" wheel ninja
@@ -168,6 +199,10 @@ class MMDetDetector:
         self.checkpoint, self.config, self.image_size = checkpoint, config, image_size or None
         self.device, self.classes, self._model = device or default_device(), list(classes), None
 
+    def weights(self) -> dict:
+        local = self.checkpoint is not None and Path(self.checkpoint).is_file()
+        return named_weights(self.checkpoint, sha256_file(self.checkpoint) if local else None)
+
     def _load(self):
         if self._model is None:
             try:
@@ -182,6 +217,8 @@ class MMDetDetector:
             cfg = Config.fromfile(str(path))
             cfg.model.backbone.init_cfg = None  # weights come from the checkpoint, not ImageNet
             for step in cfg.test_dataloader.dataset.pipeline:
+                if step["type"] == "LoadImageFromFile":  # GenEval's mmdet 2.x resizes the uint8 image; 3.x floats
+                    step["to_float32"] = False
                 if step["type"] == "Resize":
                     step["scale"] = (round(self.image_size * 1333 / 800), self.image_size) if self.image_size else None
             cfg.test_dataloader.dataset.pipeline = [s for s in cfg.test_dataloader.dataset.pipeline

@@ -1,12 +1,16 @@
 """Score a GenEval image folder: detector -> official filtering -> CLIP colours -> official decision.
 
-Images are decoded in DataLoader workers; detector and CLIP run batched. Rows are appended to
-`results.jsonl` as batches finish (official fields + the scorer's identity), so a rerun skips done
-images and never duplicates a row. An unreadable image becomes an error row (retried on the next
-run) and the run ends with an error listing it, instead of crashing midway or skipping silently.
+Images are decoded in DataLoader workers; the detector sees one image per forward and CLIP one
+clause's objects per batch, as officially. Rows are appended to `results.jsonl` as batches finish
+(official fields + the scorer's identity + the image's sha256), so a rerun skips images already
+scored with the same content and metadata, rescores regenerated ones and never duplicates a row.
+An unreadable image becomes an error row (retried on the next run) and the run ends with an error
+listing it, instead of crashing midway or skipping silently.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import time
@@ -24,7 +28,7 @@ from bench.geneval.colors import ColorClassifier
 from bench.geneval.detectors import Detector
 from bench.geneval.layout import read_layout
 from bench.geneval.rules import COLORS, RELATIONS, TAGS, Rules, decide, filter_detections
-from bench.geneval.summary import format_summary, read_results, summarize, summary_path, write_summary
+from bench.geneval.summary import comparability, format_summary, read_results, summarize, summary_path, write_summary
 from bench.provenance import environment
 from lightgen.errors import InputError
 from lightgen.files import write_text
@@ -55,8 +59,13 @@ def validate_metadata(meta: dict, where: str, classes: Collection[str]) -> None:
                       f"[relation in {', '.join(RELATIONS)}, index of an earlier include clause], got {p!r}")
 
 
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 class _Images(torch.utils.data.Dataset):
-    """Decodes like the official scorer (EXIF transpose, RGB); a failure is returned, not raised."""
+    """Decodes like the official scorer (EXIF transpose, RGB), with the sha256 of exactly the bytes
+    decoded; a failure is returned, not raised."""
 
     def __init__(self, paths: Sequence[Path]):
         self.paths = paths
@@ -64,12 +73,13 @@ class _Images(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, Image.Image | None, str | None]:
+    def __getitem__(self, i: int) -> tuple[int, Image.Image | None, str | None, str | None]:
         try:
-            with Image.open(self.paths[i]) as f:
-                return i, ImageOps.exif_transpose(f).convert("RGB"), None
-        except Exception as e:  # noqa: BLE001 - any undecodable file becomes an error row
-            return i, None, f"{type(e).__name__}: {e}"
+            data = self.paths[i].read_bytes()
+            with Image.open(io.BytesIO(data)) as f:
+                return i, ImageOps.exif_transpose(f).convert("RGB"), None, content_hash(data)
+        except Exception as e:  # noqa: BLE001 - any unreadable file becomes an error row
+            return i, None, f"{type(e).__name__}: {e}", None
 
 
 def _key(filename: str) -> str:
@@ -81,14 +91,14 @@ def _f32(x: float) -> float:
     return float(np.float32(x))
 
 
-def colour_requests(meta: dict, kept: dict[str, list[dict]]) -> list[tuple[dict, str]]:
-    """(detection, class) for the top-`count` objects of each colour clause whose count passed:
-    the only objects the official scorer classifies."""
+def colour_requests(meta: dict, kept: dict[str, list[dict]]) -> list[tuple[list[dict], str]]:
+    """(detections, class) per colour clause whose count passed: its top-`count` objects, the only
+    ones the official scorer classifies (one CLIP batch per clause, as officially)."""
     out = []
     for req in meta["include"]:
         found = kept.get(req["class"], [])[: req["count"]]
         if "color" in req and len(found) >= req["count"]:
-            out += [(d, req["class"]) for d in found]
+            out.append((found, req["class"]))
     return out
 
 
@@ -103,6 +113,35 @@ def result_row(meta: dict, path: Path, kept: dict[str, list[dict]] | None, error
     row["details"] = json.dumps({c: [[*map(_f32, d["box"][:4]), _f32(d["score"])] for d in kept[c]]
                                  for c in classes if c in kept})
     return row
+
+
+def scorer_identity(detector: Detector, classifier: ColorClassifier) -> dict:
+    """What produced a row: detector, its weights (file hash, GenEval's own?), input size, colours."""
+    return {"detector": detector.name, **detector.weights(), "image_size": detector.image_size,
+            "color_classifier": f"{classifier.name}:{classifier.checkpoint}", "color_precision": classifier.precision}
+
+
+def reusable_rows(results: Path, scorer: dict, todo: Sequence[tuple[dict, Path]]) -> list[dict]:
+    """Rows of an earlier run that still hold: same scorer (else an error), an image of the folder
+    with the same bytes (sha256) and metadata. The file is rewritten without the others (error
+    rows, regenerated or removed images, a torn last line), so they are scored again."""
+    rows = read_results(results) if results.exists() else []
+    for r in rows:
+        if any(r.get(k) != v for k, v in scorer.items()):
+            raise InputError(f"{results}: holds rows scored by {[r.get(k) for k in scorer]}, not "
+                             f"{list(scorer.values())}; pass another --results")
+
+    def current(path: Path) -> str | None:
+        try:
+            return content_hash(path.read_bytes())
+        except OSError:
+            return None
+    now = {_key(str(p)): (json.dumps(m), current(p)) for m, p in todo}
+    rows = [r for r in rows if not r.get("error") and now.get(_key(r["filename"])) == (r["metadata"], r.get("image_sha256"))]
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if results.exists() and results.read_text() != text:
+        write_text(results, text)
+    return rows
 
 
 @dataclass
@@ -123,20 +162,21 @@ def score(outdir: str | os.PathLike, detector: Detector, color_classifier: Color
     outdir = Path(outdir)
     results = Path(results) if results else outdir / "results.jsonl"
     todo = images_to_score(outdir, detector.classes, prompts, n_samples, allow_missing)
-    scorer = {"detector": detector.name, "checkpoint": detector.checkpoint, "image_size": detector.image_size,
-              "color_classifier": f"{color_classifier.name}:{color_classifier.checkpoint}"}
-    rows = resume_results(results, scorer)
+    scorer = scorer_identity(detector, color_classifier)
+    rows = reusable_rows(results, scorer, todo)
     done = {_key(r["filename"]) for r in rows}
     todo = [(m, p) for m, p in todo if _key(str(p)) not in done]
     start = time.perf_counter()
     timing = _score_images(todo, detector, color_classifier, rules, scorer, results, rows, batch_size, num_workers,
                            progress)
     timing["total_s"] = time.perf_counter() - start
+    timing["elsewhere_s"] = timing["total_s"] - timing["detector_s"] - timing["color_s"]  # decode, rules, I/O
     timing["images"] = len(todo)
 
-    summary = {**summarize(rows), **scorer, "rules": asdict(rules), "outdir": str(outdir), "results": str(results),
-               **environment(), "timing": {**timing, "images_per_s": len(todo) / timing["total_s"] if todo else None}}
-    write_summary(summary, summary_path(results), outdir.name, f"{detector.name}:{detector.checkpoint}")
+    summary = {**summarize(rows), **scorer, "published_comparable": comparability(scorer, rules, rows, n_samples or 4),
+               "rules": asdict(rules), "outdir": str(outdir), "results": str(results), **environment(),
+               "timing": {**timing, "images_per_s": len(todo) / timing["total_s"] if todo else None}}
+    write_summary(summary, summary_path(results), outdir.name, f"{detector.name}:{scorer['checkpoint']}")
     errors = [(r["filename"], r["error"]) for r in rows if r.get("error")]
     return ScoreRun(summary, results, errors)
 
@@ -167,20 +207,6 @@ def images_to_score(outdir: Path, classes: Sequence[str], prompts: Sequence[dict
     return todo
 
 
-def resume_results(results: Path, scorer: dict) -> list[dict]:
-    """The good rows already in `results` (a file scored by another scorer is refused). Error rows and a torn
-    last line are dropped from the file, so their images are scored again."""
-    rows = read_results(results) if results.exists() else []
-    for r in rows:
-        if any(r.get(k) != v for k, v in scorer.items()):
-            raise InputError(f"{results}: holds rows scored by {[r.get(k) for k in scorer]}, not "
-                             f"{list(scorer.values())}; pass another --results")
-    rows = [r for r in rows if not r.get("error")]  # error rows are retried
-    text = "".join(json.dumps(r) + "\n" for r in rows)
-    if results.exists() and results.read_text() != text:  # drop error rows and a torn last line
-        write_text(results, text)
-    return rows
-
 
 def _score_images(todo: list[tuple[dict, Path]], detector: Detector, color_classifier: ColorClassifier, rules: Rules,
                   scorer: dict, results: Path, rows: list[dict], batch_size: int, num_workers: int,
@@ -193,17 +219,19 @@ def _score_images(todo: list[tuple[dict, Path]], detector: Detector, color_class
     results.parent.mkdir(parents=True, exist_ok=True)
     with results.open("a") as out, tqdm(total=len(todo), desc="geneval-score", disable=not progress) as bar:
         for batch in loader:
-            good = [(i, im) for i, im, err in batch if err is None]
+            good = [(i, im) for i, im, err, _ in batch if err is None]
             t = time.perf_counter()
             detections = detector.detect([im for _, im in good]) if good else []
             timing["detector_s"] += time.perf_counter() - t
             kept = {i: filter_detections(d, todo[i][0]["tag"], rules) for (i, _), d in zip(good, detections)}
-            requests = [(im, d, cls) for i, im in good for d, cls in colour_requests(todo[i][0], kept[i])]
             t = time.perf_counter()
-            for (_, d, _), c in zip(requests, color_classifier.classify(requests) if requests else []):
-                d["color"] = c
+            for i, im in good:
+                for found, cls in colour_requests(todo[i][0], kept[i]):
+                    for d, c in zip(found, color_classifier.classify([(im, d, cls) for d in found])):
+                        d["color"] = c
             timing["color_s"] += time.perf_counter() - t
-            new = [{**result_row(*todo[i], kept.get(i), err, detector.classes, rules), **scorer} for i, _, err in batch]
+            new = [{**result_row(*todo[i], kept.get(i), err, detector.classes, rules), **scorer, "image_sha256": sha}
+                   for i, _, err, sha in batch]
             out.write("".join(json.dumps(r) + "\n" for r in new))
             out.flush()
             os.fsync(out.fileno())
@@ -214,8 +242,12 @@ def _score_images(todo: list[tuple[dict, Path]], detector: Detector, color_class
 
 def report(run: ScoreRun) -> str:
     """The official-style printout, plus the scorer identity and any unreadable files."""
-    s = run.summary
-    lines = [format_summary(s), f"Detector: {s['detector']} ({s['checkpoint']}, image size {s['image_size']}); "
-             f"colours: {s['color_classifier']}", f"Results: {run.results}"]
+    s, c = run.summary, run.summary["published_comparable"]
+    sha = f", sha256 {s['checkpoint_sha256'][:16]}..." if s.get("checkpoint_sha256") else ""
+    lines = [format_summary(s), f"Detector: {s['detector']} ({s['checkpoint']}{sha}; GenEval's own weights: "
+             f"{'yes' if s['official_weights'] else 'no'}; image size {s['image_size']}); colours: "
+             f"{s['color_classifier']} ({s['color_precision']})",
+             "Comparable to published GenEval: " + ("yes" if c["comparable"] else "no (" + "; ".join(c["why_not"]) + ")"),
+             *(f"Note: {n}" for n in c["notes"]), f"Results: {run.results}"]
     lines += [f"UNREADABLE: {f}: {e}" for f, e in run.errors]
     return "\n".join(lines)

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
-from bench.geneval.rules import TAGS
+from bench.geneval.layout import OFFICIAL_PROMPTS, read_prompts
+from bench.geneval.rules import TAGS, Rules
 from lightgen.files import write_text
+
+OFFICIAL_COLOURS = "clip:ViT-L-14:openai"  # open_clip ViT-L-14, OpenAI weights
 
 
 def read_results(path: str | os.PathLike) -> list[dict]:
@@ -43,6 +47,32 @@ def summarize(rows: Iterable[dict]) -> dict[str, Any]:
         "correct_prompts": sum(by_prompt.values()) / len(by_prompt) if by_prompt else float("nan"),
         "errors": len(rows) - len(good),
     }
+
+
+def comparability(scorer: dict, rules: Rules, rows: Iterable[dict], n_samples: int = 4) -> dict:
+    """Whether the numbers can stand next to published GenEval scores, and why not.
+
+    Needs GenEval's own detector weights at the official 800 px, its CLIP, the official rules and
+    every one of the 553 official prompts with `n_samples` scored images each. CLIP run in fp32
+    (CPU) instead of fp16 autocast (CUDA) is noted: it can flip near-tied colours.
+    """
+    why = []
+    if not scorer.get("official_weights"):
+        why.append(f"detector weights {scorer.get('checkpoint')!r} are not GenEval's checkpoint "
+                   "(mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco ...-743b7d99.pth or its -c9d0c4f2 conversion)")
+    if scorer.get("image_size") != 800:
+        why.append(f"detector image size {scorer.get('image_size')} (official: 800)")
+    if scorer.get("color_classifier") != OFFICIAL_COLOURS:
+        why.append(f"colour classifier {scorer.get('color_classifier')} (official: {OFFICIAL_COLOURS})")
+    if rules != Rules():
+        why.append(f"rules {rules} differ from the official defaults")
+    canon = lambda m: json.dumps(json.loads(m) if isinstance(m, str) else m, sort_keys=True)
+    scored = Counter(canon(r["metadata"]) for r in rows if not r.get("error"))
+    if scored != Counter({canon(p): n_samples for p in read_prompts(OFFICIAL_PROMPTS)}):
+        why.append(f"not the 553 official prompts x {n_samples} scored images")
+    notes = [] if scorer.get("color_precision") == "fp16-autocast" else [
+        f"CLIP logits in {scorer.get('color_precision')} (official: fp16 autocast on CUDA)"]
+    return {"comparable": not why, "why_not": why, "notes": notes}
 
 
 def format_summary(s: dict) -> str:

@@ -83,6 +83,9 @@ class TestbedDetector:
     image_size = None
     classes = list(SHAPES)
 
+    def weights(self) -> dict:
+        return {"checkpoint": self.checkpoint, "checkpoint_sha256": None, "official_weights": False}
+
     def detect(self, images: list[Image.Image]) -> list[list[dict]]:
         return [self._detect(np.asarray(im.convert("RGB"), np.float32) - _BG) for im in images]
 
@@ -157,6 +160,7 @@ class PaletteColorClassifier:
 
     name = "testbed-palette"
     checkpoint = "unmix-v1"
+    precision = "fp32"
 
     def classify(self, items: list[tuple[Image.Image, dict, str]]) -> list[str]:
         out = []

@@ -1,0 +1,151 @@
+"""GenEval's mmdet checkpoint -> transformers: key table, conversion, bad input, the detector on it.
+
+`fixtures/geneval_m2f_official_keys.tsv` lists the official state dict (mmdet 3.x name, the 2.x name,
+shape), written from mmdet's own model by `python -m bench.geneval.parity_mmdet keys`.
+"""
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from bench.cli import main
+from bench.geneval import convert as conv
+from bench.geneval.detectors import Mask2FormerDetector
+from lightgen.errors import InputError
+
+FIXTURE = Path(__file__).parent / "fixtures" / "geneval_m2f_official_keys.tsv"
+
+
+def official_keys() -> list[tuple[str, str, tuple[int, ...]]]:
+    rows = [line.split("\t") for line in FIXTURE.read_text().splitlines() if not line.startswith("#")]
+    return [(new, old, tuple(int(x) for x in shape.split("x") if x)) for new, old, shape in rows]
+
+
+def mmdet_relative_position_index(window: int = 7) -> torch.Tensor:
+    """As mmdet's WindowMSA builds it (double_step_seq, then flip), independently of the converter."""
+    seq = (torch.arange(0, (2 * window - 1) * window, 2 * window - 1)[:, None] + torch.arange(window)).reshape(1, -1)
+    return (seq + seq.T).flip(1)
+
+
+def test_key_table_covers_every_official_tensor_exactly_once():
+    rules, keys = conv.official_layout(), official_keys()
+    assert len(rules) == len({r.src for r in rules}) == len(keys)  # each official tensor has exactly one rule
+    assert {r.src: r.shape for r in rules} == {new: shape for new, _, shape in keys}  # same names and shapes
+    assert all(conv.mmdet3_name(old) == new for new, old, _ in keys)  # the 2.x names map onto them
+    targets = [t for r in rules for t in r.dst]
+    assert len(targets) == len(set(targets))  # no transformers tensor is filled twice
+    assert {r.src for r in rules if not r.dst} == {k for k, _, _ in keys if k.endswith("relative_position_index")}
+
+
+@pytest.fixture(scope="module")
+def official_pth(tmp_path_factory):
+    """A random checkpoint with the official keys in the mmdet 2.x layout (GenEval's file format)."""
+    g = torch.Generator().manual_seed(0)
+    state = {old: mmdet_relative_position_index() if new.endswith("relative_position_index")
+             else torch.randn(shape, generator=g) * 0.05 for new, old, shape in official_keys()}
+    path = tmp_path_factory.mktemp("mmdet") / "m2f_swin-s_random-00000000.pth"
+    torch.save({"meta": {"CLASSES": ("person",) * 80, "mmdet_version": "2.25.0", "seed": np.int64(7)},
+                "state_dict": state}, path, _use_new_zipfile_serialization=False)  # as mmdet's publish_model
+    return path, state
+
+
+@pytest.fixture(scope="module")
+def converted(official_pth, tmp_path_factory):
+    out = tmp_path_factory.mktemp("conv") / "geneval-m2f"
+    r = CliRunner().invoke(main, ["convert-geneval-detector", str(official_pth[0]), str(out)])
+    assert r.exit_code == 0, r.output
+    assert "mmdet 2.x keys" in r.output and "GenEval's own weights: no" in r.output
+    return out
+
+
+def test_conversion_fills_every_weight_and_reorders_like_mmdet(official_pth, converted):
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    state = official_pth[1]
+    model = Mask2FormerForUniversalSegmentation.from_pretrained(converted).eval()
+    source = conv.read_source(converted)
+    assert source["sha256"] == conv.sha256_file(official_pth[0]) and source["layout"] == "mmdet 2.x"
+    assert model.config.num_labels == 80 and model.config.id2label[0] == "person"
+    block = model.model.pixel_level_module.encoder.swin.encoder.layers[2].blocks[17]
+    qkv = state["backbone.stages.2.blocks.17.attn.w_msa.qkv.weight"]
+    assert torch.equal(torch.cat([block.attention.q_proj.weight, block.attention.k_proj.weight,
+                                  block.attention.v_proj.weight]), qkv)
+    layer = model.model.transformer_module.decoder.layers[8]
+    assert torch.equal(layer.cross_attn.in_proj_weight,
+                       state["panoptic_head.transformer_decoder.layers.8.attentions.0.attn.in_proj_weight"])
+    assert torch.equal(layer.self_attn.v_proj.bias,
+                       state["panoptic_head.transformer_decoder.layers.8.attentions.1.attn.in_proj_bias"][512:])
+    # patch merging as mmdet computes it: nn.Unfold(2, stride 2) -> LayerNorm -> Linear
+    merge, d = model.model.pixel_level_module.encoder.swin.encoder.layers[0].downsample, 96
+    x = torch.randn(1, 6, 8, d)
+    unfolded = torch.nn.functional.unfold(x.permute(0, 3, 1, 2), 2, stride=2).transpose(1, 2)
+    norm = torch.nn.functional.layer_norm(unfolded, (4 * d,), state["backbone.stages.0.downsample.norm.weight"],
+                                          state["backbone.stages.0.downsample.norm.bias"])
+    want = norm @ state["backbone.stages.0.downsample.reduction.weight"].T
+    with torch.no_grad():
+        assert torch.allclose(merge(x.reshape(1, 48, d), (6, 8)), want, atol=1e-5)
+
+
+def test_detector_reads_a_pth_once_through_the_cache(official_pth, converted, tmp_path, monkeypatch):
+    monkeypatch.setattr(conv, "CACHE_DIR", tmp_path)
+    sha = conv.sha256_file(official_pth[0])
+    (tmp_path / f"mask2former-{sha[:16]}").symlink_to(converted)  # a finished earlier conversion
+    det = Mask2FormerDetector(checkpoint=str(official_pth[0]), image_size=64, device="cpu")
+    want = {"checkpoint": official_pth[0].name, "checkpoint_sha256": sha, "official_weights": False}
+    assert det.weights() == want
+    assert Mask2FormerDetector(checkpoint=str(converted)).weights() == want  # the directory names its source
+    out = det.detect([Image.new("RGB", (48, 40), (200, 30, 30))])
+    assert len(out[0]) == 100 and out[0][0]["mask"].shape == (40, 48)
+    monkeypatch.setitem(conv.OFFICIAL_FILES, sha[:8], "test")  # GenEval's file is recognised by its sha256
+    assert Mask2FormerDetector(checkpoint=str(converted)).weights()["official_weights"] is True
+
+
+def test_download_checks_mmdet_hash_suffix(tmp_path, monkeypatch):
+    monkeypatch.setattr(conv, "CACHE_DIR", tmp_path / "cache")
+    data = tmp_path / "payload"
+    data.write_bytes(b"weights")
+    sha = conv.sha256_file(data)
+    good, bad = tmp_path / f"m-{sha[:8]}.pth", tmp_path / "m-00000000.pth"
+    good.write_bytes(b"weights")
+    bad.write_bytes(b"weights")
+    assert conv.download(good.as_uri()).read_bytes() == b"weights"
+    with pytest.raises(InputError, match="download failed"):
+        conv.download(bad.as_uri())
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [good.name]  # nothing half-written
+
+
+class NotAllowed:
+    pass
+
+
+def small_state(**shapes) -> dict:
+    state = {"backbone.patch_embed.projection.weight": torch.zeros(96, 3, 4, 4),
+             "panoptic_head.cls_embed.weight": torch.zeros(81, 256)}
+    for s, depth in enumerate(shapes.get("depths", (2, 2, 18, 2))):
+        state.update({f"backbone.stages.{s}.blocks.{b}.norm1.weight": torch.zeros(1) for b in range(depth)})
+    if "classes" in shapes:
+        state["panoptic_head.cls_embed.weight"] = torch.zeros(shapes["classes"] + 1, 256)
+    return state
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: torch.save({"state_dict": small_state(), "meta": {"hook": NotAllowed()}}, p),
+     r"refused to unpickle .*NotAllowed"),
+    (lambda p: torch.save({"state_dict": small_state(depths=(2, 2, 6, 2))}, p), r"depths 2-2-6-2; expected Swin-S"),
+    (lambda p: torch.save({"state_dict": small_state(classes=133)}, p), r"133 classes \(133 = the COCO panoptic"),
+    (lambda p: (torch.save({"state_dict": small_state()}, p), p.write_bytes(p.read_bytes()[:3000])),
+     "not a readable PyTorch checkpoint"),
+    (lambda p: torch.save({"state_dict": {**small_state(), "extra": torch.zeros(1)}}, p), "missing keys"),
+    (lambda p: pickle.dump({"state_dict": [1, 2]}, p.open("wb")), "not a readable PyTorch checkpoint"),
+])
+def test_bad_checkpoints_exit_2_naming_the_file_and_write_nothing(tmp_path, make, message):
+    path = tmp_path / "bad.pth"
+    make(path)
+    r = CliRunner().invoke(main, ["convert-geneval-detector", str(path), str(tmp_path / "out" / "m2f")])
+    assert r.exit_code == 2, r.output
+    assert str(path) in r.output and __import__("re").search(message, r.output), r.output
+    assert not (tmp_path / "out").exists()
