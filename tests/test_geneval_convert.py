@@ -149,3 +149,12 @@ def test_bad_checkpoints_exit_2_naming_the_file_and_write_nothing(tmp_path, make
     assert r.exit_code == 2, r.output
     assert str(path) in r.output and __import__("re").search(message, r.output), r.output
     assert not (tmp_path / "out").exists()
+
+
+def test_parity_with_mmdet_when_installed(tmp_path):
+    """The full check of `bench.geneval.parity_mmdet`, small (CI has no mmdet; the record is in results/)."""
+    pytest.importorskip("mmdet")
+    from bench.geneval.parity_mmdet import run
+
+    record = run(tmp_path, n_images=2, n_sensitivity=1, image_size=128, seed=0)
+    assert record["pass"] and record["layouts_2x_3x_convert_identically"], record

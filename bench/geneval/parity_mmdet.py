@@ -1,0 +1,371 @@
+"""Proof that the converted detector is GenEval's: mmdet vs transformers on the same random weights.
+
+Runs in a side environment with mmdet 3.3 + mmcv 2.1 (README "mmdet backend"), never in CI:
+
+    python -m bench.geneval.parity_mmdet run --out results/geneval/parity-mmdet/800px --images 4 --sensitivity 0
+    python -m bench.geneval.parity_mmdet keys tests/fixtures/geneval_m2f_official_keys.tsv
+
+(`--stand-in-ops` runs it with mmcv installed without its compiled ops: mmdet's Mask2Former calls
+none of them on a CPU.)
+
+`run` builds GenEval's config with random weights (every tensor redrawn: nothing left at a zero or
+one init), saves it as an mmdet checkpoint in both key layouts (3.x, and 2.x as GenEval downloads
+it), converts both with `bench.geneval.convert`, and on renders of varied sizes compares
+1. class and mask logits of one forward on the same input tensor (mmdet's own preprocessing);
+2. the final detections (class, score, box, mask) of each side's full pipeline: mmdet's
+   `inference_detector` vs our `Mask2FormerDetector` (cv2 resize, mmcv-style normalisation);
+3. GenEval decisions for 4 official prompts per image (colours from one shared deterministic
+   classifier, so only the detector differs).
+`keys` writes the official state dict's names (3.x and 2.x) and shapes: the CI test fixture.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFilter
+
+from bench.geneval.convert import mmdet3_name
+
+SIZES = ((512, 512), (1024, 1024), (480, 640), (640, 480), (600, 800), (333, 500), (750, 1333), (256, 256))
+
+
+def mmdet2_name(name: str) -> str:
+    """mmdet 3.x -> 2.x names (inverse of `convert.mmdet3_name`): transformer layers only."""
+    if "encoder.layers" in name:
+        name = name.replace(".self_attn.", ".attentions.0.").replace(".ffn.", ".ffns.0.")
+    if "decoder.layers" in name:
+        name = (name.replace(".cross_attn.", ".attentions.0.").replace(".self_attn.", ".attentions.1.")
+                .replace(".ffn.", ".ffns.0."))
+    return name
+
+
+def render(seed: int) -> Image.Image:
+    """A photo-like scene: sky and ground gradients, shaded textured objects, blur and sensor noise."""
+    rng = np.random.default_rng(seed)
+    h, w = SIZES[seed % len(SIZES)]
+    y = np.linspace(0, 1, h)[:, None, None]
+    sky, ground = rng.uniform(60, 230, 3), rng.uniform(30, 180, 3)
+    horizon = rng.uniform(0.35, 0.7)
+    base = np.where(y < horizon, sky * (0.75 + 0.25 * y / horizon), ground * (1.2 - 0.4 * y))
+    im = Image.fromarray(np.broadcast_to(base, (h, w, 3)).clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(im)
+    for _ in range(rng.integers(2, 7)):
+        cx, cy, r = rng.uniform(0.1, 0.9) * w, rng.uniform(0.2, 0.9) * h, rng.uniform(0.05, 0.25) * min(h, w)
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        box = (cx - r, cy - r * rng.uniform(0.5, 1.2), cx + r, cy + r)
+        kind = rng.integers(3)
+        if kind == 0:
+            draw.ellipse(box, fill=colour)
+        elif kind == 1:
+            draw.rectangle(box, fill=colour)
+        else:
+            pts = [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in np.sort(rng.uniform(0, 2 * math.pi, 6))]
+            draw.polygon(pts, fill=colour)
+        draw.ellipse((box[0] + r * 0.3, box[1] + r * 0.2, box[0] + r * 0.8, box[1] + r * 0.6),
+                     fill=tuple(min(255, c + 60) for c in colour))  # highlight
+    im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.0)))
+    noisy = np.asarray(im, np.float32) + rng.normal(0, 6, (h, w, 3))
+    return Image.fromarray(noisy.clip(0, 255).astype(np.uint8))
+
+
+def _matrix_std(name: str, shape: torch.Size) -> float:
+    """N(0, 1/fan_in), embeddings N(0, 1). Class logits x8 and the last mask layer x3, so that scores
+    span (0, 1) and masks have both signs (GenEval's thresholds and mask2bbox are exercised); the
+    decoder layers' residual branches x0.1, so the 100 queries do not collapse onto one detection."""
+    if name.endswith(("query_embed.weight", "query_feat.weight", "level_embed.weight", "level_encoding.weight",
+                      "relative_position_bias_table")):
+        return 1.0
+    gain = 8.0 if "cls_embed" in name else 3.0 if "mask_embed.4" in name else 0.1 if (
+        "transformer_decoder.layers" in name and ("out_proj" in name or "ffn.layers.1" in name)) else 1.0
+    return math.prod(shape[1:]) ** -0.5 * gain
+
+
+def randomise(model: torch.nn.Module, seed: int = 0) -> None:
+    """Redraw every parameter (none left at a zero or one init): matrices as `_matrix_std`, norm
+    scales 1 +/- 0.2, biases N(0, 0.02) (larger shared offsets make every query the same class)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            n = torch.randn(p.shape, generator=g)
+            p.copy_(n * _matrix_std(name, p.shape) if p.ndim >= 2 else 1 + 0.2 * n if name.endswith("weight")
+                    else 0.02 * n)
+        zero = [n for n, p in model.named_parameters() if not p.abs().gt(0).any()]
+        assert not zero, f"parameters left at zero: {zero}"
+
+
+def build_mmdet(checkpoint: str | None, image_size: int = 800):
+    from bench.geneval.detectors import MMDetDetector
+    det = MMDetDetector(checkpoint=checkpoint, image_size=image_size, device="cpu")
+    det._load()
+    return det
+
+
+def write_keys(path: Path) -> None:
+    """Official state dict (from mmdet's own model): 3.x name, 2.x name, shape."""
+    sd = build_mmdet(None)._model.state_dict()
+    lines = ["# GenEval's Mask2Former Swin-S COCO-instance state dict, from mmdet 3.3.0's model of "
+             "mask2former_swin-s-p4-w7-224_8xb2-lsj-50e_coco: mmdet 3.x name, mmdet 2.x name, shape"]
+    lines += [f"{k}\t{mmdet2_name(k)}\t{'x'.join(map(str, v.shape))}" for k, v in sd.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    assert all(mmdet3_name(mmdet2_name(k)) == k for k in sd)
+
+
+def save_checkpoints(model: torch.nn.Module, folder: Path) -> tuple[Path, Path]:
+    """The random model as mmdet checkpoints: 3.x keys (zip) and 2.x keys (legacy format, as GenEval's)."""
+    from mmdet.evaluation import get_classes
+    sd = model.state_dict()
+    v3, v2 = folder / "m2f-random-mmdet3.pth", folder / "m2f-random-mmdet2.pth"
+    torch.save({"meta": {"dataset_meta": {"classes": get_classes("coco")}}, "state_dict": sd}, v3)
+    torch.save({"meta": {"CLASSES": tuple(get_classes("coco")), "mmdet_version": "2.25.0"},
+                "state_dict": {mmdet2_name(k): v for k, v in sd.items()}}, v2, _use_new_zipfile_serialization=False)
+    return v3, v2
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|."""
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def compare_detections(ref: list[dict], ours: list[dict], tag: str) -> dict:
+    """GenEval's kept detections (official filtering for `tag`) side by side: same classes, boxes and
+    order? Largest score difference, and mask pixels that differ (logits within rounding of 0)."""
+    from bench.geneval.rules import filter_detections
+    a, b = filter_detections(ref, tag), filter_detections(ours, tag)
+    pairs = [(x, y) for c in a if c in b for x, y in zip(a[c], b[c])]
+    return {"same_classes_boxes_order": a.keys() == b.keys() and all(len(a[c]) == len(b[c]) for c in a)
+            and all(x["box"] == y["box"] for x, y in pairs),
+            "kept": sum(map(len, a.values())), "max_score_diff": max((abs(x["score"] - y["score"]) for x, y in pairs),
+                                                                     default=0.0),
+            "mask_pixels_differing": int(sum((x["mask"] != y["mask"]).sum() for x, y in pairs)),
+            "mask_pixels": int(sum(x["mask"].size for x, _ in pairs))}
+
+
+def decisions(dets: list[dict], image: Image.Image, prompts: list[dict]) -> list[list]:
+    """GenEval's (correct, reason) per prompt; colours from the testbed palette classifier (shared)."""
+    from bench.geneval.rules import decide, filter_detections
+    from bench.geneval.score import colour_requests
+    from bench.testbed.detector import PaletteColorClassifier
+    out, palette = [], PaletteColorClassifier()
+    for meta in prompts:
+        kept = filter_detections([dict(d) for d in dets], meta["tag"])
+        for found, cls in colour_requests(meta, kept):
+            for d, c in zip(found, palette.classify([(image, d, cls) for d in found])):
+                d["color"] = c
+        out.append(list(decide(meta, kept)))
+    return out
+
+
+def forward_logged(det, image: Image.Image, pre: torch.nn.Module, post: torch.nn.Module, outputs) -> tuple[list, dict]:
+    """`det.detect([image])`, recording the backbone's input tensor (pre-hook on `pre`), the final
+    logits (`outputs` of `post`'s output) and the wall time."""
+    got = {}
+    hooks = [pre.register_forward_pre_hook(lambda m, args: got.__setitem__("x", args[0].detach())),
+             post.register_forward_hook(lambda m, args, out: got.__setitem__("out", outputs(out)))]
+    try:
+        t = time.perf_counter()
+        dets = det.detect([image])[0]
+        got["seconds"] = time.perf_counter() - t
+    finally:
+        for h in hooks:
+            h.remove()
+    return dets, got
+
+
+def compare_image(i: int, mmdet, ours, prompts: list[dict]) -> dict:
+    """One render through both full pipelines: input tensors, last-layer logits, detections, decisions."""
+    im = render(i)
+    ref, m = forward_logged(mmdet, im, mmdet._model.backbone, mmdet._model.panoptic_head,
+                            lambda out: (out[0][-1].detach(), out[1][-1].detach()))
+    hf = ours._load()
+    mine, o = forward_logged(ours, im, hf.model.pixel_level_module.encoder, hf,
+                             lambda out: (out.class_queries_logits.detach(), out.masks_queries_logits.detach()))
+    d_ref, d_mine = decisions(ref, im, prompts), decisions(mine, im, prompts)
+    same_shape = o["x"].shape == m["x"].shape
+    return {"image": i, "size": [im.height, im.width], "input_shape": list(m["x"].shape[-2:]),
+            "input_max_abs_diff": float((o["x"] - m["x"]).abs().max()) if same_shape else None,
+            "class_logits_rel_diff": rel_diff(o["out"][0], m["out"][0]) if same_shape else None,
+            "mask_logits_rel_diff": rel_diff(o["out"][1], m["out"][1]) if same_shape else None,
+            "raw_same_classes_boxes": sorted((d["class"], d["box"]) for d in ref) == sorted(
+                (d["class"], d["box"]) for d in mine),
+            **{f"kept_{t}": compare_detections(ref, mine, t) for t in ("single_object", "counting")},
+            "decisions_same": d_ref == d_mine, "decisions_correct": [sum(c for c, _ in d) for d in (d_ref, d_mine)],
+            "decisions": d_mine,
+            "our_detect_s": o["seconds"], "mmdet_detect_s": m["seconds"]}
+
+
+def _detect_tensor(det, model: torch.nn.Module, x: torch.Tensor, resized: tuple[int, int], image: Image.Image):
+    with torch.no_grad():
+        o = model(pixel_values=x)
+    return det.postprocess(o.class_queries_logits[0], o.masks_queries_logits[0], tuple(x.shape[-2:]), resized,
+                           (image.height, image.width))
+
+
+def sensitivity(i: int, ours, perturbed: torch.nn.Module, prompts: list[dict], base: list[list]) -> dict:
+    """How far from GenEval's decisions the gaps closed here move one image, with these weights:
+    the float resize this scorer used before, zero padding as in a 2-image batch with the next
+    render, and the same detector with every weight multiplied by (1 + 1e-3 N(0, 1))."""
+    import torch.nn.functional as F
+
+    im, model = render(i), ours._load()
+    x, size = ours.preprocess(im)
+    raw = torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1)[None].float()
+    legacy = F.interpolate(raw, size=size, mode="bilinear", align_corners=False).round().clamp(0, 255)[0]
+    legacy = (legacy - torch.tensor([123.675, 116.28, 103.53])[:, None, None]) / torch.tensor(
+        [58.395, 57.12, 57.375])[:, None, None]
+    float_x = torch.zeros_like(x)
+    float_x[0, :, : size[0], : size[1]] = legacy
+    other = ours.preprocess(render(i + 1))[0]
+    padded = torch.zeros(1, 3, max(x.shape[2], other.shape[2]), max(x.shape[3], other.shape[3]))
+    padded[..., : x.shape[2], : x.shape[3]] = x
+    variants = {"float_resize": (model, float_x), "batch_padding": (model, padded), "weights_1e-3": (perturbed, x)}
+    out = {"image": i, "padding_changed_input": tuple(padded.shape) != tuple(x.shape)}
+    for name, (m, inp) in variants.items():
+        if name == "batch_padding" and not out["padding_changed_input"]:
+            continue
+        out[name] = sum(a[0] != b[0] for a, b in zip(base, decisions(_detect_tensor(ours, m, inp, size, im), im, prompts)))
+    return out
+
+
+def stand_in_ops() -> None:
+    """Let `mmcv.ops` import without the compiled extension (e.g. `MMCV_WITH_OPS=0 pip install
+    mmcv==2.1.0`, seconds instead of a 6-25 min build): on a CPU mmdet's Mask2Former calls none of its
+    kernels, and any call would raise here, so the numbers are those of a full build."""
+    import importlib.machinery
+    import types
+
+    def missing(name: str):
+        def call(*args, **kwargs):
+            raise RuntimeError(f"mmcv._ext.{name} is not available (stand-in extension)")
+        return call
+    ext = types.ModuleType("mmcv._ext")
+    ext.__file__, ext.__getattr__ = "<stand-in>", missing
+    ext.__spec__ = importlib.machinery.ModuleSpec("mmcv._ext", loader=types.SimpleNamespace())  # "ops exist"
+    sys.modules["mmcv._ext"] = ext
+
+
+def mmcv_ext() -> str:
+    """Which mmcv extension ran: the compiled one, or a stand-in (mmdet's Mask2Former calls none of
+    its kernels on a CPU: deformable attention falls back to `multi_scale_deformable_attn_pytorch`)."""
+    import mmcv
+    import mmcv._ext as ext
+    return f"{mmcv.__version__} {'compiled' if str(ext.__file__).endswith('.so') else 'stand-in'} ({ext.__file__})"
+
+
+def same_conversions(a: Path, b: Path) -> bool:
+    from safetensors.torch import load_file
+    x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def perturbed_copy(model: torch.nn.Module, rel: float = 1e-3, seed: int = 1) -> torch.nn.Module:
+    import copy
+    g, other = torch.Generator().manual_seed(seed), copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(1 + rel * torch.randn(p.shape, generator=g))
+    return other
+
+
+def summarize_rows(rows: list[dict], sens: list[dict]) -> dict:
+    worst = lambda k: max(r[k] for r in rows)  # noqa: E731
+    out = {"images": len(rows), "pairs": 4 * len(rows), "sizes": sorted({tuple(r["size"]) for r in rows}),
+           "class_logits_rel_diff_max": worst("class_logits_rel_diff"),
+           "mask_logits_rel_diff_max": worst("mask_logits_rel_diff"), "input_max_abs_diff": worst("input_max_abs_diff"),
+           "raw_detections_same_classes_boxes": sum(r["raw_same_classes_boxes"] for r in rows),
+           "decisions_identical_images": sum(r["decisions_same"] for r in rows),
+           "decisions_correct_mmdet_ours": [sum(r["decisions_correct"][k] for r in rows) for k in (0, 1)],
+           "kept_per_image_mean": float(np.mean([r["kept_single_object"]["kept"] for r in rows])),
+           "detect_s_per_image_median_ours_mmdet": [float(np.median([r[k] for r in rows]))
+                                                    for k in ("our_detect_s", "mmdet_detect_s")]}
+    for t in ("single_object", "counting"):
+        kept = [r[f"kept_{t}"] for r in rows]
+        out[f"kept_{t}"] = {"detections": sum(k["kept"] for k in kept),
+                            "images_same_classes_boxes_order": sum(k["same_classes_boxes_order"] for k in kept),
+                            "max_score_diff": max(k["max_score_diff"] for k in kept),
+                            "mask_pixels_differing": sum(k["mask_pixels_differing"] for k in kept),
+                            "mask_pixels": sum(k["mask_pixels"] for k in kept)}
+    out["sensitivity"] = {"images": len(sens), "pairs": 4 * len(sens),
+                          **{f"{k}_decision_flips": sum(r.get(k, 0) for r in sens)
+                             for k in ("float_resize", "batch_padding", "weights_1e-3")},
+                          "padding_changed_input_images": sum(r["padding_changed_input"] for r in sens)}
+    return out
+
+
+def run(out: Path, n_images: int, n_sensitivity: int, image_size: int, seed: int) -> dict:
+    """The whole check; writes `out/images.jsonl` (per image) and `out/parity.json` (summary)."""
+    from bench.experiment import run_record
+    from bench.geneval.convert import convert
+    from bench.geneval.detectors import Mask2FormerDetector
+    from bench.geneval.layout import OFFICIAL_PROMPTS, read_prompts
+    from bench.perf import cpu_name
+
+    started = time.perf_counter()
+    record = {"machine": cpu_name(), "mmcv_ext": mmcv_ext(), **run_record(  # git state at launch
+        ["python", "-m", "bench.geneval.parity_mmdet", *sys.argv[1:]],
+        {"images": n_images, "sensitivity_images": n_sensitivity, "image_size": image_size, "seed": seed}, started)}
+    mmdet = build_mmdet(None, image_size)
+    randomise(mmdet._model, seed)
+    official = read_prompts(OFFICIAL_PROMPTS)
+    rng = np.random.default_rng(seed)
+    prompts = [[official[j] for j in rng.choice(len(official), 4, replace=False)] for _ in range(n_images)]
+    with tempfile.TemporaryDirectory() as tmp:
+        v3, v2 = save_checkpoints(mmdet._model, Path(tmp))
+        conv3, conv2 = convert(v3, Path(tmp) / "conv3"), convert(v2, Path(tmp) / "conv2")
+        layouts_agree = same_conversions(conv3, conv2)
+        ours = Mask2FormerDetector(checkpoint=str(conv2), image_size=image_size, device="cpu")
+        rows, sens = [], []
+        for i in range(n_images):
+            rows.append(compare_image(i, mmdet, ours, prompts[i]))
+            print(json.dumps(rows[-1]), flush=True)
+        perturbed = perturbed_copy(ours._load())
+        for i in range(min(n_sensitivity, n_images)):
+            sens.append(sensitivity(i, ours, perturbed, prompts[i], rows[i]["decisions"]))
+            print(json.dumps(sens[-1]), flush=True)
+    summary = {"layouts_2x_3x_convert_identically": layouts_agree, "image_size": image_size, **summarize_rows(rows, sens)}
+    summary["pass"] = bool(layouts_agree and summary["class_logits_rel_diff_max"] <= 1e-4
+                           and summary["mask_logits_rel_diff_max"] <= 1e-4 and summary["decisions_identical_images"]
+                           == summary["kept_single_object"]["images_same_classes_boxes_order"]
+                           == summary["kept_counting"]["images_same_classes_boxes_order"] == n_images)
+    record = {**summary, **record, "wall_s": time.perf_counter() - started}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "images.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + sens))
+    (out / "parity.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="the parity check; writes OUT/parity.json and OUT/images.jsonl")
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--images", type=int, default=56)
+    r.add_argument("--sensitivity", type=int, default=16, help="images also scored with the old pipeline gaps")
+    r.add_argument("--image-size", type=int, default=800)
+    r.add_argument("--seed", type=int, default=0)
+    k = sub.add_parser("keys", help="write the official key table (the CI test fixture)")
+    k.add_argument("path", type=Path)
+    for sp in (r, k):
+        sp.add_argument("--stand-in-ops", action="store_true", help="mmcv installed without its compiled ops")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    if a.stand_in_ops:
+        stand_in_ops()
+    if a.cmd == "keys":
+        write_keys(a.path)
+    else:
+        record = run(a.out, a.images, a.sensitivity, a.image_size, a.seed)
+        print(json.dumps({k: v for k, v in record.items() if k not in ("config", "versions")}, indent=2))
+        sys.exit(0 if record["pass"] else 1)
+
+
+if __name__ == "__main__":
+    main()
