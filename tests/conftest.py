@@ -44,3 +44,19 @@ def tiny_sd_pipeline(tmp_path_factory):
         requires_safety_checker=False)
     pipe.save_pretrained(root / "pipe")
     return root / "pipe"
+
+
+@pytest.fixture(scope="session")
+def tiny_mask2former_dir(tmp_path_factory):
+    """A saved, randomly initialised transformers Mask2Former (tiny Swin, 80 COCO classes)."""
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+
+    torch.manual_seed(0)
+    swin = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4, image_size=64,
+                      out_features=["stage1", "stage2", "stage3", "stage4"])
+    cfg = Mask2FormerConfig(backbone_config=swin, feature_size=32, mask_feature_size=32, hidden_dim=32,
+                            encoder_feedforward_dim=32, dim_feedforward=32, encoder_layers=1, decoder_layers=2,
+                            num_attention_heads=2, num_queries=12, num_labels=80)
+    path = tmp_path_factory.mktemp("m2f")
+    Mask2FormerForUniversalSegmentation(cfg).eval().save_pretrained(path)
+    return path

@@ -158,3 +158,22 @@ def test_parity_with_mmdet_when_installed(tmp_path):
 
     record = run(tmp_path, n_images=2, n_sensitivity=1, image_size=128, seed=0)
     assert record["pass"] and record["layouts_2x_3x_convert_identically"], record
+
+
+def test_geneval_score_prints_which_checkpoint_scored(converted, tiny_mask2former_dir, tmp_path):
+    from bench.geneval.layout import write_prompt
+
+    meta = {"tag": "single_object", "include": [{"class": "car", "count": 1}], "prompt": "a photo of a car"}
+    write_prompt(tmp_path / "out", 0, meta, [Image.new("RGB", (48, 40), (200, 30, 30))])
+    (tmp_path / "prompts.jsonl").write_text(__import__("json").dumps(meta) + "\n")
+    other = str(tiny_mask2former_dir)  # stands in for another checkpoint (e.g. the HF port)
+    args = ["geneval-score", str(tmp_path / "out"), "--prompts", str(tmp_path / "prompts.jsonl"), "--n-samples", "1",
+            "--image-size", "64", "--color-classifier", "testbed", "--device", "cpu", "--num-workers", "0"]
+    r = CliRunner().invoke(main, [*args, "--checkpoint", str(converted)])
+    assert r.exit_code == 0, r.output
+    assert "Detector: mask2former (m2f_swin-s_random-00000000.pth, sha256 " in r.output
+    assert "GenEval's own weights: no" in r.output and "Comparable to published GenEval: no (detector weights" in r.output
+    r = CliRunner().invoke(main, [*args, "--checkpoint", other])
+    assert r.exit_code == 2 and "another --results" in r.output  # never mixed with the other checkpoint's rows
+    r = CliRunner().invoke(main, [*args, "--checkpoint", other, "--results", str(tmp_path / "o.jsonl")])
+    assert r.exit_code == 0 and f"Detector: mask2former ({other}; GenEval's own weights: no" in r.output

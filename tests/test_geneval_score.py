@@ -183,18 +183,6 @@ def test_bad_metadata_rejected_before_any_model_runs(tmp_path, bad, msg):
 
 
 # ----------------------------------------------------------------------------------- backends
-def tiny_mask2former(num_labels=80):
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
-
-    torch.manual_seed(0)
-    swin = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4, image_size=64,
-                      out_features=["stage1", "stage2", "stage3", "stage4"])
-    cfg = Mask2FormerConfig(backbone_config=swin, feature_size=32, mask_feature_size=32, hidden_dim=32,
-                            encoder_feedforward_dim=32, dim_feedforward=32, encoder_layers=1, decoder_layers=2,
-                            num_attention_heads=2, num_queries=12, num_labels=num_labels)
-    return Mask2FormerForUniversalSegmentation(cfg).eval()
-
-
 def test_mask2former_helpers():
     m = torch.zeros(2, 6, 8, dtype=torch.bool)
     m[0, 1:3, 2:7] = True
@@ -212,10 +200,8 @@ def test_mask2former_helpers():
 
 
 @pytest.fixture(scope="module")
-def tiny_detector(tmp_path_factory):
-    path = tmp_path_factory.mktemp("m2f")
-    tiny_mask2former().save_pretrained(path)
-    return Mask2FormerDetector(checkpoint=str(path), image_size=64, device="cpu")  # the real loader
+def tiny_detector(tiny_mask2former_dir):
+    return Mask2FormerDetector(checkpoint=str(tiny_mask2former_dir), image_size=64, device="cpu")  # the real loader
 
 
 def test_mask2former_backend_end_to_end(tiny_detector):

@@ -21,8 +21,6 @@ from bench.geneval.convert import OFFICIAL_FILES, OFFICIAL_URL, hash_suffix, res
 from bench.geneval.layout import OBJECT_NAMES
 from lightgen.errors import InputError
 
-# Detectron2's Swin-S COCO instance model (HF port): a different training run; the default before GenEval's own
-HF_PORT_CHECKPOINT = "facebook/mask2former-swin-small-coco-instance"
 MMDET_CONFIG = "mask2former_swin-s-p4-w7-224_8xb2-lsj-50e_coco"
 # mmdet 3.x conversion of the same training run as GenEval's 2.x checkpoint (...-743b7d99.pth).
 MMDET_CHECKPOINT = ("https://download.openmmlab.com/mmdetection/v3.0/mask2former/" + MMDET_CONFIG + "/"

@@ -137,7 +137,8 @@ def reusable_rows(results: Path, scorer: dict, todo: Sequence[tuple[dict, Path]]
         except OSError:
             return None
     now = {_key(str(p)): (json.dumps(m), current(p)) for m, p in todo}
-    rows = [r for r in rows if not r.get("error") and now.get(_key(r["filename"])) == (r["metadata"], r.get("image_sha256"))]
+    rows = [r for r in rows if r.get("image_sha256") and not r.get("error")
+            and now.get(_key(r["filename"])) == (r["metadata"], r["image_sha256"])]
     text = "".join(json.dumps(r) + "\n" for r in rows)
     if results.exists() and results.read_text() != text:
         write_text(results, text)

@@ -70,8 +70,8 @@ def comparability(scorer: dict, rules: Rules, rows: Iterable[dict], n_samples: i
     scored = Counter(canon(r["metadata"]) for r in rows if not r.get("error"))
     if scored != Counter({canon(p): n_samples for p in read_prompts(OFFICIAL_PROMPTS)}):
         why.append(f"not the 553 official prompts x {n_samples} scored images")
-    notes = [] if scorer.get("color_precision") == "fp16-autocast" else [
-        f"CLIP logits in {scorer.get('color_precision')} (official: fp16 autocast on CUDA)"]
+    clip_fp32 = str(scorer.get("color_classifier")).startswith("clip:") and scorer.get("color_precision") != "fp16-autocast"
+    notes = [f"CLIP logits in {scorer.get('color_precision')} (official: fp16 autocast on CUDA)"] if clip_fp32 else []
     return {"comparable": not why, "why_not": why, "notes": notes}
 
 
