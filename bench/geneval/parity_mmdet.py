@@ -304,7 +304,7 @@ def summarize_rows(rows: list[dict], sens: list[dict]) -> dict:
 
 def run(out: Path, n_images: int, n_sensitivity: int, image_size: int, seed: int) -> dict:
     """The whole check; writes `out/images.jsonl` (per image) and `out/parity.json` (summary)."""
-    from bench.experiment import run_record
+    from bench.provenance import run_record
     from bench.geneval.convert import convert
     from bench.geneval.detectors import Mask2FormerDetector
     from bench.geneval.layout import OFFICIAL_PROMPTS, read_prompts
