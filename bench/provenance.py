@@ -8,7 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 PACKAGES = ("lightgen-bench", "torch", "torchvision", "transformers", "open_clip_torch", "numpy", "pillow",
-            "mmdet", "mmcv")
+            "opencv-python-headless", "mmdet", "mmcv")
 REPO = Path(__file__).resolve().parents[1]
 
 
