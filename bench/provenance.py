@@ -30,19 +30,20 @@ def git_commit() -> str | None:
 
 
 def environment() -> dict:
-    """Installed versions of the packages that shape results, and the git commit."""
+    """Installed versions of the packages that shape results, the git commit and torch's thread count (which
+    shapes timings and float sums)."""
+    import torch
+
     versions = {}
     for p in PACKAGES:
         try:
             versions[p] = version(p)
         except PackageNotFoundError:
             pass
-    return {"versions": versions, "git_commit": git_commit()}
+    return {"versions": versions, "git_commit": git_commit(), "torch_threads": torch.get_num_threads()}
 
 
 def run_record(command: list[str], config: dict, started: float) -> dict:
     """A results folder's `run.json`: the command line, config, versions, git commit, wall time."""
-    import torch
-
     return {"command": " ".join(command), "config": config, "wall_s": time.perf_counter() - started,
-            "python": platform.python_version(), "torch_threads": torch.get_num_threads(), **environment()}
+            "python": platform.python_version(), **environment()}

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 
@@ -98,13 +99,18 @@ def test_ablation_config_errors_name_the_key(tmp_path):
 
 def test_perf_sample_smoke_reports_both_paths(tmp_path):
     out = tmp_path / "perf.json"
-    result = CliRunner().invoke(main, ["perf", "--what", "sample", "--batch", "2", "--steps", "2", "--iters", "1",
-                                       "--note", "shared box", "--output", str(out), *sum((["--set", f"{k}={v}"] for k, v in TINY_MODEL.items()), [])])
+    try:
+        result = CliRunner().invoke(main, ["perf", "--what", "sample", "--batch", "2", "--steps", "2", "--iters", "1",
+                                           "--threads", "2", "--note", "shared box", "--output", str(out),
+                                           *sum((["--set", f"{k}={v}"] for k, v in TINY_MODEL.items()), [])])
+    finally:
+        torch.set_num_threads(1)  # the suite's setting (conftest)
     assert result.exit_code == 0, result.output
     record = json.loads(out.read_text())
     assert record["results"]["optimised"]["images_per_call"] == 2 and record["results"]["reference"]["images_per_call"] == 2
     assert record["results"]["speedup"] > 0 and "git_commit" in record
     assert record["command"].startswith("lightgen-bench perf --what sample") and record["note"] == "shared box"
+    assert "torch threads: 2 (--threads)" in result.stderr and record["torch_threads"] == 2  # printed and recorded
 
 
 @pytest.mark.parametrize("what", ["train"])

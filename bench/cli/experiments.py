@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from bench.cli.group import main
+from bench.cli.group import main, threads_option
 
 
 @main.command(epilog="""\b
@@ -20,18 +20,14 @@ Examples:
 @click.option("--output", default=None, help="Results folder (default: results/demo, or runs/demo-quick/results).")
 @click.option("--work", default=None, help="Data, caches, checkpoints (default: runs/demo[-quick]).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's).")
+@threads_option
 @click.pass_obj
-def demo(command_line, config_path, quick, output, work, seed, threads):
+def demo(command_line, config_path, quick, output, work, seed):
     """Distil → KD → DPO → GenEval + FID → paper-style table, on the testbed. Resumable."""
     import json
 
-    import torch
-
     from bench.demo import load_demo_config, run_demo
 
-    if threads:
-        torch.set_num_threads(threads)
     work = Path(work or ("runs/demo-quick" if quick else "runs/demo"))
     output = Path(output or (work / "results" if quick else "results/demo"))
     summary = run_demo(load_demo_config(config_path, quick), output, work, seed, command_line)
@@ -55,16 +51,12 @@ Examples:
 @click.option("--dry-run", is_flag=True, help="Print the plan and an estimated time, run nothing.")
 @click.option("--launcher", type=click.Choice(["local", "accelerate"]), default="local", show_default=True,
               help="'accelerate': each training runs under `accelerate launch` (several processes/GPUs).")
-@click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's).")
+@threads_option
 @click.pass_obj
-def ablate(command_line, kind, config_path, output, work, dry_run, launcher, threads):
+def ablate(command_line, kind, config_path, output, work, dry_run, launcher):
     """Run an ablation grid; finished points are skipped on rerun."""
-    import torch
-
     from bench.ablate import AblationConfig, describe, measured_step_seconds, run_ablation
 
-    if threads:
-        torch.set_num_threads(threads)
     root = Path(__file__).resolve().parents[2]
     ab = AblationConfig.load(config_path or root / "eval_configs" / "ablations" / f"{kind}.yaml", kind)
     work = Path(work or f"runs/ablate/{kind}")
@@ -88,26 +80,22 @@ Examples:
 @click.argument("kind", type=click.Choice(["curve", "sincos", "grid", "copy"]))
 @click.option("--work", default="runs/kd-probes", show_default=True, help="Data, caches, checkpoints.")
 @click.option("--output", default=None, help="Records file (default: results/testbed/kd-probes/results.jsonl).")
-@click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's).")
 @click.option("--name", default="kd", show_default=True, help="curve: the recipe's name (its run folder).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="curve: override a KD config key (model.FIELD for the model).")
 @click.option("--steps", type=int, default=1000, show_default=True, help="curve: KD steps.")
 @click.option("--every", type=int, default=250, show_default=True, help="curve: snapshot interval.")
 @click.option("--limit", type=int, default=120, show_default=True, help="curve: testbed prompts per snapshot.")
+@threads_option
 @click.pass_obj
-def probe_kd(command_line, kind, work, output, threads, name, overrides, steps, every, limit):
+def probe_kd(command_line, kind, work, output, name, overrides, steps, every, limit):
     """Why KD stalls on the testbed: probes of the trunk's use of context (about 15 min each on 1 CPU
     thread; a curve longer); appends its record to the results file."""
     import json
 
-    import torch
-
     from bench.config import parse_overrides
     from bench.kd_probes import RESULTS, run_probe
 
-    if threads:
-        torch.set_num_threads(threads)
     curve = dict(name=name, overrides=parse_overrides(overrides), steps=steps, every=every, limit=limit)
     record = run_probe(kind, Path(work), Path(output) if output else RESULTS, command_line, curve)
     click.echo(json.dumps({k: v for k, v in record.items() if k not in ("versions", "config")}, indent=2))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from bench.cli.group import main
+from bench.cli.group import main, threads_option
 from bench.geneval.rules import Rules
 from lightgen.errors import InputError
 
@@ -116,6 +116,7 @@ Examples:
 @click.option("--grid", is_flag=True, help="Also write grid.png per prompt.")
 @click.option("--no-score", is_flag=True, help="Generate only.")
 @_scoring_options
+@threads_option
 def geneval(ckpt, pipeline, testbed, outdir, prompts, limit, n_samples, steps, guidance_scale, resolution, seed, batch_size,
             dtype, shard, grid, no_score, **opts):
     """Generate GenEval images (resumable, sharded) and score them."""
@@ -170,6 +171,7 @@ Exit 1 if some images were unreadable (listed), 2 on bad input.
               help="Metadata .jsonl every folder is checked against (default: official, or testbed's).")
 @click.option("--n-samples", default=4, show_default=True, help="Expected images per prompt (0 = any).")
 @_scoring_options
+@threads_option
 def geneval_score(outdir, prompts, n_samples, **opts):
     """Score a GenEval image folder (ours or the official generator's)."""
     detector, classifier = _scorer(opts)
@@ -218,6 +220,7 @@ Examples:
 @click.option("--no-cache", is_flag=True, help="Do not read or write cached statistics.")
 @click.option("--kid", is_flag=True, help="Also KID (mean and std over 100 seeded subsets).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the result as JSON.")
+@threads_option
 def fid_cmd(a, b, extractor, inception, resolution, num, batch_size, num_workers, device, cache_dir, no_cache, kid,
             out):
     """FID between two image folders (or .npz statistics). Report the counts and extractor with it."""

@@ -5,6 +5,7 @@ the command line as typed (or as passed to `main` in-process); commands that wri
 """
 from __future__ import annotations
 
+import functools
 import sys
 
 import click
@@ -32,3 +33,16 @@ def main() -> None:
 
     Every command runs on the embedded testbed world by default, on a CPU.
     """
+
+
+def threads_option(command):
+    """`--threads N` for a heavy command (`bench.threads.use_threads`: default the free cores), set before the
+    command runs, so its run record (`torch_threads`) holds it."""
+    @click.option("--threads", type=click.IntRange(min=1), default=None,
+                  help="torch intra-op threads (default: the free cores, i.e. cores − 1-min load average, ≥ 1).")
+    @functools.wraps(command)
+    def wrapper(*args, threads, **kwargs):
+        from bench.threads import use_threads
+        use_threads(threads)
+        return command(*args, **kwargs)
+    return wrapper

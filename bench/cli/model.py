@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from bench.cli.group import main
+from bench.cli.group import main, threads_option
 
 
 @main.command(epilog="""\b
@@ -28,6 +28,7 @@ Examples:
 @click.option("--seed", default=0, show_default=True, help="Image k of the run uses seed + k.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", "--output", "out", type=click.Path(file_okay=False), required=True)
+@threads_option
 def sample(ckpt, preset, prompts, num_images, steps, guidance_scale, cfg_schedule, temperature, resolution, weights, seed,
            device, out):
     """Generate images from prompts and write them as PNGs."""

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from bench.cli.group import main
+from bench.cli.group import main, threads_option
 
 
 @main.command(epilog="""\b
@@ -28,22 +28,19 @@ Examples:
 @click.option("--official", type=click.Path(file_okay=False), default=None,
               help="A checkout of the official LightGen code: time its FLUID class (same weights, inputs and "
                    "batch) instead of our reference path. Needs a config with pos_grid 16 and clip_sample null.")
-@click.option("--threads", type=int, default=None, help="torch intra-op threads; 1 times with process CPU time.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Model config override.")
 @click.option("--output", "out", type=click.Path(dir_okay=False), default=None, help="Write the JSON record here.")
 @click.option("--note", default=None, help="Free text kept in the record (e.g. how busy the machine was).")
+@threads_option
 @click.pass_obj
-def perf(command_line, preset, what, batch, resolution, steps, guidance_scale, iters, reference, official, threads,
-         device, overrides, out, note):
-    """Images/s, step time, peak memory (and FLOPs / MFU on a GPU), ours vs a baseline, interleaved."""
-    import torch
-
+def perf(command_line, preset, what, batch, resolution, steps, guidance_scale, iters, reference, official, device,
+         overrides, out, note):
+    """Images/s, step time, peak memory (and FLOPs / MFU on a GPU), ours vs a baseline, interleaved; with one
+    thread on a CPU the clock is process CPU time."""
     from bench.config import parse_overrides
     from bench.perf import run_perf
 
-    if threads:
-        torch.set_num_threads(threads)
     record = run_perf(preset, what, batch, resolution, device, iters=iters, steps=steps,
                       guidance_scale=guidance_scale, reference=reference, out=out,
                       overrides=parse_overrides(overrides), official=official, command=" ".join(command_line),

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from bench.cli.group import main
+from bench.cli.group import main, threads_option
 
 
 @main.group(epilog="""\b
@@ -45,6 +45,7 @@ Examples:
 @click.option("--seed", default=0, show_default=True, help="Caption pool, caption order and per-image seeds.")
 @click.option("--batch-size", default=256, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
+@threads_option
 def dataset(n, diversity, resolution, seed, batch_size, out):
     """Distil a text-to-image-2M style dataset from the testbed teacher (resumable)."""
     from bench.testbed.captions import sample_captions
@@ -104,6 +105,7 @@ Examples:
 @click.option("--steps", type=int, default=None, help="Diffusers: num_inference_steps.")
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Diffusers: torch device.")
+@threads_option
 def distill(teacher, captions, out, n, resolution, seed, steps, batch_size, device):
     """Render captions with a teacher into the text-to-image-2M layout (resumable)."""
     from lightgen.distill import SeededPipeline, distill as run, read_captions

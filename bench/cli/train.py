@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from bench.cli.group import main
+from bench.cli.group import main, threads_option
 from bench.config import load_train_config
 from lightgen.errors import InputError
 
@@ -21,6 +21,7 @@ Example:
               help="Training config whose preset/model the cache is for.")
 @_SET
 @click.option("--device", default="cpu", show_default=True)
+@threads_option
 def cache(data, out, config_path, overrides, device):
     """Precompute codec moments (+ flipped copy) and text states of a text-to-image dataset."""
     from lightgen.cache import build_cache
@@ -57,6 +58,7 @@ Examples:
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @_SET
 @_RESUME
+@threads_option
 def train_cmd(config_path, overrides, resume):
     """Knowledge-distillation pretraining on a feature cache (resumable)."""
     _train(config_path, overrides, resume)
@@ -69,6 +71,7 @@ Example:
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @_SET
 @_RESUME
+@threads_option
 def dpo_cmd(config_path, overrides, resume):
     """Diffusion-DPO from a pipeline (the frozen reference) on winner/loser caches (resumable)."""
     if load_train_config(config_path, overrides).objective != "dpo":
@@ -92,6 +95,7 @@ Examples:
 @click.option("--guidance-scale", default=4.0, show_default=True, help="Guidance scale of the losers' samples.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
+@threads_option
 def dpo_pairs(ckpt, teacher, captions, reference, out, n, steps, guidance_scale, seed, device):
     """Preference pairs: winner = reference/teacher image, loser = the model's own sample."""
     from lightgen.distill import read_captions
@@ -124,6 +128,7 @@ Example:
               help="Also regenerate the right half of this many of the probed images (evenly spaced) from their "
                    "own / another image's left half (ratio of errors ~1: sampling ignores what is already drawn). "
                    "0 = off.")
+@threads_option
 def probe(ckpt, cache, n, masked, weights, completion):
     """How much the model uses the visible tokens (context) and the caption (text): loss increase
     when each is replaced. A context gain near 0 means tokens are sampled independently."""
