@@ -27,7 +27,6 @@ from lightgen.files import write_text
 
 KINDS = ("curve", "sincos", "grid", "copy")
 KD_CONFIG = "eval_configs/train/testbed_kd.yaml"
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "testbed" / "kd-probes" / "results.jsonl"
 DATA = DataSpec(n=16000)  # the demo's data
 STEPS, GUIDANCE_SCALES = 500, (4.0, 1.0)
 TOKEN_GRID = 8  # tokens per side of a 32-px testbed image (4-px tokens)

@@ -13,17 +13,25 @@ from lightgen.errors import InputError
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a hidden temporary sibling of `path`; on success it replaces `path` in one rename, so
-    readers never see a half-written file (and dot-names never match a sample or shard pattern)."""
+    readers never see a half-written file (and dot-names never match a sample or shard pattern). The file
+    gets the mode a plain `open` would (0644 under the usual umask), not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:

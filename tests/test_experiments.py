@@ -1,5 +1,6 @@
 """The product loop: `demo --quick`, an ablation grid with resume, `perf` smoke checks."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,9 @@ from lightgen.probe import completion, load_rows, probe, probe_pipeline
 
 TINY_MODEL = {"width": 32, "num_heads": 2, "encoder_depth": 1, "decoder_depth": 1, "cross_depth": 1,
               "text_depth": 1, "diffloss_width": 32, "diffloss_depth": 1}
+
+UMASK = os.umask(0)
+os.umask(UMASK)
 
 
 def test_demo_quick_runs_the_whole_loop(tmp_path):
@@ -46,12 +50,12 @@ def test_demo_quick_runs_the_whole_loop(tmp_path):
     record = json.loads((out / "run.json").read_text())
     assert record["command"].startswith("lightgen-bench demo --quick") and "git_commit" in record
     assert record["config"]["kd"]["steps"] == 12
-    for name in ("samples.png", "kd_loss.png", "dpo_loss.png", "table.tex", "table.csv"):
-        assert (out / name).stat().st_size > 0
-    # resumable: a second run reuses every finished step
-    again = CliRunner().invoke(main, ["demo", "--quick", "--work", str(tmp_path / "work"),
-                                      "--output", str(tmp_path / "out")])
-    assert again.exit_code == 0 and json.loads((out / "before_after.json").read_text()) == compare
+    for name in ("samples.png", "kd_loss.png", "dpo_loss.png", "table.tex", "table.csv", "run.json"):
+        assert (out / name).stat().st_size > 0 and (out / name).stat().st_mode & 0o777 == 0o666 & ~UMASK
+    # resumable: a second run reuses every finished step; its results go under the work folder by default
+    again = CliRunner().invoke(main, ["demo", "--quick", "--work", str(tmp_path / "work")])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "work" / "results" / "before_after.json").read_text()) == compare
 
 
 def _ablation(tmp_path, kind, **extra):

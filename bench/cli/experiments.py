@@ -10,14 +10,14 @@ from bench.cli.group import main, threads_option
 
 @main.command(epilog="""\b
 Examples:
-  lightgen-bench demo                      # ~15 min on 2 CPU cores: results/demo/
-  lightgen-bench demo --quick              # ~1 min smoke version of the same loop
-  lightgen-bench demo --config my_demo.yaml --output results/my-demo --seed 1
+  lightgen-bench demo                      # the whole loop on CPU cores: runs/demo/results/
+  lightgen-bench demo --quick              # a smoke version of the same loop: runs/demo-quick/results/
+  lightgen-bench demo --output results/demo   # refresh the committed results deliberately
 """)
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Demo config (default: eval_configs/demo.yaml).")
 @click.option("--quick", is_flag=True, help="Tiny sizes: a smoke run of every step.")
-@click.option("--output", default=None, help="Results folder (default: results/demo, or runs/demo-quick/results).")
+@click.option("--output", default=None, help="Results folder (default: WORK/results; the committed one is results/demo).")
 @click.option("--work", default=None, help="Data, caches, checkpoints (default: runs/demo[-quick]).")
 @click.option("--seed", default=0, show_default=True)
 @threads_option
@@ -29,7 +29,7 @@ def demo(command_line, config_path, quick, output, work, seed):
     from bench.demo import load_demo_config, run_demo
 
     work = Path(work or ("runs/demo-quick" if quick else "runs/demo"))
-    output = Path(output or (work / "results" if quick else "results/demo"))
+    output = Path(output or work / "results")
     summary = run_demo(load_demo_config(config_path, quick), output, work, seed, command_line)
     click.echo((output / "table.md").read_text())
     click.echo(json.dumps(summary["runs"], indent=2))
@@ -46,7 +46,8 @@ Examples:
 @click.argument("kind", type=click.Choice(["data-scale", "diversity", "steps", "resolution", "dpo", "guidance"]))
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Ablation config (default: eval_configs/ablations/KIND.yaml).")
-@click.option("--output", default=None, help="Results folder (default: results/testbed/KIND).")
+@click.option("--output", default=None, help="Results folder (default: WORK/results; the committed one is "
+              "results/testbed/KIND).")
 @click.option("--work", default=None, help="Data, caches, checkpoints (default: runs/ablate/KIND).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and an estimated time, run nothing.")
 @click.option("--launcher", type=click.Choice(["local", "accelerate"]), default="local", show_default=True,
@@ -63,7 +64,7 @@ def ablate(command_line, kind, config_path, output, work, dry_run, launcher):
     if dry_run:
         click.echo(describe(ab, work, measured_step_seconds(ab)))
         return
-    output = Path(output or f"results/testbed/{kind}")
+    output = Path(output or work / "results")
     result = run_ablation(ab, output, work, command_line, None if launcher == "local" else launcher)
     click.echo((output / "table.md").read_text())
     for p in result["points"]:
@@ -79,7 +80,8 @@ Examples:
 """)
 @click.argument("kind", type=click.Choice(["curve", "sincos", "grid", "copy"]))
 @click.option("--work", default="runs/kd-probes", show_default=True, help="Data, caches, checkpoints.")
-@click.option("--output", default=None, help="Records file (default: results/testbed/kd-probes/results.jsonl).")
+@click.option("--output", default=None, help="Records file (default: WORK/results.jsonl; the committed one is "
+              "results/testbed/kd-probes/results.jsonl).")
 @click.option("--name", default="kd", show_default=True, help="curve: the recipe's name (its run folder).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="curve: override a KD config key (model.FIELD for the model).")
@@ -94,8 +96,8 @@ def probe_kd(command_line, kind, work, output, name, overrides, steps, every, li
     import json
 
     from bench.config import parse_overrides
-    from bench.kd_probes import RESULTS, run_probe
+    from bench.kd_probes import run_probe
 
     curve = dict(name=name, overrides=parse_overrides(overrides), steps=steps, every=every, limit=limit)
-    record = run_probe(kind, Path(work), Path(output) if output else RESULTS, command_line, curve)
+    record = run_probe(kind, Path(work), Path(output or Path(work) / "results.jsonl"), command_line, curve)
     click.echo(json.dumps({k: v for k, v in record.items() if k not in ("versions", "config")}, indent=2))
