@@ -61,3 +61,17 @@ def tiny_mask2former_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("m2f")
     Mask2FormerForUniversalSegmentation(cfg).eval().save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_quick(tmp_path_factory):
+    """A project folder where `lightgen-bench demo --quick --work runs/demo` has run (results in
+    runs/demo/results): what the README's examples expect to find, made once per session."""
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    root = tmp_path_factory.mktemp("project")
+    result = CliRunner().invoke(main, ["demo", "--quick", "--work", str(root / "runs" / "demo")])
+    assert result.exit_code == 0, result.output
+    return root

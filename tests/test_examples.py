@@ -1,11 +1,126 @@
-"""Every command the README and the `--help` epilogs show works as written."""
+"""Every command the README and the `--help` epilogs show works as written: each one parses against the CLI,
+and each one that needs no GPU, hub weights or hours runs at tiny sizes in a project folder holding the quick
+demo's `runs/demo` (sizes are appended: the last value of an option wins)."""
 from __future__ import annotations
 
+import json
+import os
 import re
+import shlex
 from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from bench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+
+
+def _joined(lines) -> list[str]:
+    """Lines with `\\` continuations joined and comments dropped, as shell words."""
+    out, cur = [], ""
+    for line in lines:
+        cur += line.rstrip()
+        if cur.endswith("\\"):
+            cur = cur[:-1] + " "
+            continue
+        if cur.strip():
+            out.append(shlex.join(shlex.split(cur, comments=True)))
+        cur = ""
+    return out
+
+
+def _help_examples(group: click.Group = main):
+    for cmd in group.commands.values():
+        yield from _joined((cmd.epilog or "").splitlines())
+        if isinstance(cmd, click.Group):
+            yield from _help_examples(cmd)
+
+
+EXAMPLES = sorted({e for e in [*_joined(l for b in re.findall(r"```bash\n(.*?)```", README, re.S)
+                                        for l in b.splitlines()), *_help_examples()]
+                   if e.startswith("lightgen-bench ")})
+
+CACHE = "runs/demo/data-n16000-d36780-r32-s0.cache-a3d2b926e6"  # the full demo's; the quick demo's is swapped in
+TINY = {"geneval": "--limit 3 --n-samples 1 --steps 2 --batch-size 3", "geneval-score": "--n-samples 1",
+        "sample": "--steps 2", "probe": "--n 4", "testbed dataset": "--n 8 --diversity 4", "distill": "--n 4",
+        "fid": "--no-cache", "train": "--set steps=1 --set batch_size=2 --set save_every=1 --set log_every=1",
+        "dpo": "--set steps=1 --set batch_size=2 --set save_every=1 --set log_every=1", "dpo-pairs": "--n 2 --steps 2"}
+# run in this order (later ones read what earlier ones wrote)
+RUN = [
+    "lightgen-bench geneval --ckpt runs/demo/dpo/pipeline --outdir runs/geneval-ours",
+    "lightgen-bench geneval --ckpt runs/demo/dpo/pipeline --outdir runs/geneval-demo --steps 64 --guidance-scale 4",
+    "lightgen-bench geneval --testbed --outdir runs/geneval-teacher",
+    "lightgen-bench geneval-score runs/geneval-teacher",
+    "lightgen-bench fid runs/demo/eval-kd/images runs/demo/eval-dpo/images",
+    "lightgen-bench table runs/geneval-demo --paper-table 1",
+    "lightgen-bench table --paper-table 3",
+    "lightgen-bench table results/testbed/data-scale --paper-table 1 --format latex",
+    "lightgen-bench table results/testbed/data-scale --format csv",
+    "lightgen-bench sample --preset testbed --prompt 'two red circles' --out samples/",
+    "lightgen-bench sample --ckpt runs/demo/dpo/pipeline --prompt 'a blue square' -n 4 --seed 0 --out samples/",
+    f"lightgen-bench probe runs/demo/kd/pipeline --cache {CACHE}",
+    f"lightgen-bench probe runs/demo/kd/pipeline --cache {CACHE} --completion 48",
+    "lightgen-bench testbed render 'two red circles' out.png",
+    "lightgen-bench testbed render 'a photo of a blue square left of a triangle' out.png --resolution 64 --seed 3",
+    "lightgen-bench testbed dataset --n 5000 --diversity 200 --resolution 32 --out data/testbed-5k",
+    "lightgen-bench ablate diversity --config eval_configs/ablations/diversity.yaml --dry-run",
+    "lightgen-bench distill --teacher testbed --captions captions.txt --out data/t2i",
+    "lightgen-bench cache data/t2i --out data/t2i.cache --config eval_configs/train/testbed_kd.yaml",
+    "lightgen-bench train --config eval_configs/train/testbed_kd.yaml --set cache=data/t2i.cache",
+    "lightgen-bench dpo-pairs --ckpt runs/kd/pipeline --teacher testbed --captions captions.txt --out data/pairs",
+    "lightgen-bench cache data/pairs/winner --out data/pairs/winner.cache --config eval_configs/train/testbed_dpo.yaml",
+    "lightgen-bench cache data/pairs/loser --out data/pairs/loser.cache --config eval_configs/train/testbed_dpo.yaml",
+    "lightgen-bench dpo --config eval_configs/train/testbed_dpo.yaml --set init_from=runs/kd/pipeline "
+    "--set cache=data/pairs/winner.cache --set loser_cache=data/pairs/loser.cache",
+]
+HUB = "hub weights or a GPU (not in offline CPU tests; the same code runs on tiny random models elsewhere)"
+LONG = "a full-size run (minutes to hours); the same code runs at tiny size in the examples above / test_experiments"
+NOT_RUN = {
+    "lightgen-bench demo --quick": "the shared fixture of this file (`demo --quick --work runs/demo`)",
+    "lightgen-bench demo": LONG,
+    "lightgen-bench demo --output results/demo": "rewrites the committed results/demo",
+    "lightgen-bench testbed grid": "rewrites the committed teacher grid (tested with --out in test_testbed_cli)",
+    "lightgen-bench testbed prompts": "rewrites the committed prompts (tested with --out in test_testbed_cli)",
+    "lightgen-bench ablate data-scale": LONG, "lightgen-bench ablate guidance --threads 1": LONG,
+    "lightgen-bench ablate data-scale --config eval_configs/ablations/data-scale.yaml": LONG,
+    "lightgen-bench ablate steps --config eval_configs/ablations/steps.yaml --launcher accelerate": LONG,
+    "lightgen-bench probe-kd copy": LONG, "lightgen-bench probe-kd grid --threads 1": LONG,
+    "lightgen-bench probe-kd sincos --threads 1": LONG,
+    "lightgen-bench train --config eval_configs/train/testbed_kd.yaml": LONG,
+    "lightgen-bench train --config eval_configs/train/testbed_kd.yaml --set steps=200 --set out=runs/short": LONG,
+    "lightgen-bench dpo --config eval_configs/train/testbed_dpo.yaml": LONG,
+    "lightgen-bench cache data/testbed-5k --out data/testbed-5k.cache --config eval_configs/train/testbed_kd.yaml": LONG,
+    "lightgen-bench testbed dataset --n 5000 --diversity 5000 --out data/testbed-5k-div5k --seed 1": LONG,
+    "lightgen-bench distill --teacher testbed --captions captions.txt --out data/distilled --n 10000": LONG,
+    "lightgen-bench geneval --ckpt runs/ablate/steps-long-lr2e-4/train/r32/snapshots/step-00002000 --prompts "
+    "eval_configs/testbed/geneval_testbed.jsonl --detector testbed --color-classifier testbed --n-samples 1 --steps 32 "
+    "--batch-size 64 --guidance-scale 1 --outdir runs/cfg/s2000-g1": "a result of README's: needs that ablation's run",
+    "lightgen-bench geneval --ckpt DIR --outdir OUT --shard 0/4 --no-score": "placeholders (DIR, OUT)",
+    "lightgen-bench perf --preset testbed --what sample --batch 64 --steps 16": LONG,
+    "lightgen-bench perf --preset testbed --what train --batch 64 --output results/perf/cpu_train.json": LONG,
+    "lightgen-bench perf --what fid": LONG,
+    "lightgen-bench table runs/kd/summary.json runs/dpo --name 'ours (KD)' --name 'ours (DPO)' --paper-table 2 "
+    "--format latex --output table.tex": "needs GenEval summaries in runs/kd and runs/dpo (table is run above)",
+    **dict.fromkeys([
+        "lightgen-bench geneval --pipeline stabilityai/stable-diffusion-2-1 --outdir runs/sd21",
+        "lightgen-bench geneval --pipeline stabilityai/stable-diffusion-2-1 --outdir runs/sd21 --steps 50 "
+        "--guidance-scale 9 --device cuda",
+        "lightgen-bench geneval-score runs/sd21 --detector mask2former", "lightgen-bench geneval-score runs/sd21",
+        "lightgen-bench geneval-score runs/sd21 --detector mmdet",
+        "lightgen-bench geneval-score official_outputs/ --n-samples 0 --allow-missing",
+        "lightgen-bench fid runs/sd21 refs/coco30k", "lightgen-bench fid runs/a runs/b --extractor clip --kid",
+        "lightgen-bench fid runs/a refs/stats.npz --inception '~/inception-2015-12-05.pt'",
+        "lightgen-bench distill --teacher stabilityai/sdxl-turbo --captions captions.txt --out data/sdxl "
+        "--resolution 512 --steps 4",
+        "lightgen-bench dpo-pairs --ckpt pipelines/lightgen-0.7b --reference data/laion-aesthetic --out data/pairs",
+        "lightgen-bench convert-official fluid_dpo/checkpoint-last.pth pipelines/lightgen-0.7b",
+        "lightgen-bench perf --preset lightgen-0.7b --what train --batch 64 --resolution 256 --device cuda",
+    ], HUB),
+}
 
 
 def test_readme_test_command_is_what_ci_runs_and_needs_no_activated_venv():
@@ -14,3 +129,44 @@ def test_readme_test_command_is_what_ci_runs_and_needs_no_activated_venv():
     ci = (ROOT / ".ci" / "run").read_text()
     run = [line.split("#")[0].strip() for line in ci.splitlines() if "pytest" in line and not line.startswith("#")]
     assert run[0] == second and "deactivate" in ci.split(second)[0]
+
+
+def test_every_example_is_run_or_says_why_not():
+    assert len(set(RUN)) == len(RUN) and not set(RUN) & set(NOT_RUN)
+    assert set(EXAMPLES) - set(RUN) - set(NOT_RUN) == set(), "new example: add it to RUN (or say why not)"
+    assert set(RUN) | set(NOT_RUN) <= set(EXAMPLES), "stale entry: the example is gone"
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_every_example_parses(example, monkeypatch):
+    """Options, choices, types and required arguments as the CLI checks them (input paths need not exist)."""
+    monkeypatch.setattr(click.Path, "convert", lambda self, value, param, ctx: value)
+    monkeypatch.setattr(click.Command, "invoke", lambda self, ctx: None)  # parse, do not run
+    main.main(shlex.split(example)[1:], standalone_mode=False)
+
+
+def _tiny(example: str, cache: str) -> list[str]:
+    args = shlex.split(example.replace(CACHE, cache).replace("--completion 48", "--completion 2"))[1:]
+    command = " ".join(args[:2]) if args[0] == "testbed" else args[0]
+    return args + shlex.split(TINY.get(command, ""))
+
+
+def test_examples_run_at_tiny_sizes(demo_quick, monkeypatch):
+    from bench.testbed.captions import sample_captions
+
+    monkeypatch.chdir(demo_quick)
+    for name in ("eval_configs", "results"):  # read only
+        (demo_quick / name).symlink_to(ROOT / name)
+    Path("captions.txt").write_text("\n".join(sample_captions(4, 4, 0)) + "\n")
+    cache = str(next(Path("runs/demo").glob("data-*.cache-*")))
+    for example in RUN:
+        r = CliRunner().invoke(main, _tiny(example, cache))
+        assert r.exit_code == 0, f"{example}\n{r.output}\n{r.exception!r}"
+        if example.startswith("lightgen-bench geneval"):  # testbed inputs get the testbed's scorers, and say so
+            assert "testbed world" in r.output and "geneval_testbed.jsonl" in r.output, r.output
+            outdir = example.split()[-1] if "score" in example else example.split("--outdir ")[1].split()[0]
+            summary = json.loads((Path(outdir) / "summary.json").read_text())
+            assert summary["detector"] == "testbed" and summary["color_classifier"].startswith("testbed")
+        if example.startswith("lightgen-bench fid"):
+            assert "extractor: testbed" in r.output and "(testbed," in r.output, r.output
+    assert sorted(os.listdir("samples")) == [f"{k:04d}.png" for k in range(4)]

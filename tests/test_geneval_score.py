@@ -348,6 +348,16 @@ def test_cli_testbed_generate_score_and_errors(tmp_path):
     assert r.exit_code == 0, r.output
     s = json.loads((out / "summary.json").read_text())
     assert s["overall"] == 1.0 and s["images"] == 6 and s["detector"] == "testbed"
+    r = CliRunner().invoke(main, ["geneval-score", str(out), "--num-workers", "0", "--allow-missing", "--n-samples", "1",
+                                  "--results", str(tmp_path / "auto.jsonl")])
+    assert r.exit_code == 0 and "testbed world" in r.output, r.output  # testbed images: the testbed's scorers
+    assert json.loads((tmp_path / "auto.summary.json").read_text())["detector"] == "testbed"
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "caf\xe9"}\n')
+    for args, message in [(["--prompts", latin1], f"{latin1}: expected UTF-8"), (["--batch-size", 0], "--batch-size"),
+                          (["--limit", -358], "--limit"), (["--limit", 0], "--limit"), (["--n-samples", 0], "--n-samples")]:
+        r = CliRunner().invoke(main, ["geneval", "--testbed", "--outdir", str(tmp_path / "x"), *map(str, args)])
+        assert r.exit_code == 2 and message in r.output, r.output
     r = CliRunner().invoke(main, ["geneval-score", str(out), "--detector", "testbed", "--num-workers", "0"])
     assert r.exit_code == 2 and "no prompt folder" in r.output  # 6 of the testbed prompts only
     (out / "00002" / "samples" / "0000.png").write_bytes(b"\x89PNG broken")
@@ -356,3 +366,6 @@ def test_cli_testbed_generate_score_and_errors(tmp_path):
     assert r.exit_code == 1 and "UNREADABLE" in r.output and "00002/samples/0000.png" in r.output
     r = CliRunner().invoke(main, ["geneval-score", str(out), "--detector", "mask2former", "--allow-missing"])
     assert r.exit_code == 2 and "a class of the detector" in r.output  # testbed classes are not COCO classes
+    (out / "00001" / "metadata.jsonl").write_bytes(b"\xff\xfe{}")
+    r = CliRunner().invoke(main, ["geneval-score", str(out), "--detector", "testbed", "--allow-missing"])
+    assert r.exit_code == 2 and "00001/metadata.jsonl: expected UTF-8" in r.output, r.output

@@ -440,6 +440,8 @@ def test_missing_keys_error_lists_first_few():
     (["--resolution", "30"], "multiples of"),
     (["--guidance-scale", "-2"], "guidance_scale"),
     (["--steps", "0"], "num_inference_steps"),
+    (["-n", "0"], "-n"),
+    (["--prompt", " "], "--prompt: expected a non-empty prompt"),
 ])
 def test_sample_cli_bad_input_exit_2(tmp_path, args, match):
     result = CliRunner().invoke(main, ["sample", "--prompt", "a red circle", "--out", str(tmp_path), *args])

@@ -20,8 +20,8 @@ def _scoring_options(f):
     """Options shared by `geneval` and `geneval-score` (detector, colours, rules, bookkeeping)."""
     opts = [
         click.option("--detector", default=None, type=click.Choice(["mask2former", "mmdet", "testbed"]),
-                     help="Detector backend (default: testbed with --testbed, else mask2former; mmdet = GenEval's "
-                          "own, an optional extra)."),
+                     help="Detector backend (default: testbed for testbed inputs, else mask2former; mmdet = "
+                          "GenEval's own, an optional extra)."),
         click.option("--checkpoint", default=None,
                      help="Detector weights. mask2former: GenEval's mmdet .pth (path or URL; converted once and "
                           "cached), a converted directory, or a transformers hub id / directory (default: GenEval's "
@@ -32,7 +32,7 @@ def _scoring_options(f):
                      help="Colour backend (default: testbed with --detector testbed, else clip)."),
         click.option("--clip-model", default=None, help="open_clip model for colours (default ViT-L-14)."),
         click.option("--device", default=None, help="cpu / cuda (default: cuda if available)."),
-        click.option("--score-batch-size", default=8, show_default=True,
+        click.option("--score-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
                      help="Images decoded per step (the detector still sees one image per forward, CLIP one clause)."),
         click.option("--num-workers", default=2, show_default=True, help="DataLoader workers decoding images."),
         click.option("--results", type=click.Path(dir_okay=False), default=None,
@@ -51,10 +51,14 @@ def _default_prompts(testbed: bool) -> Path:
     return TESTBED_PROMPTS if testbed else OFFICIAL_PROMPTS
 
 
-def _scorer(opts: dict, testbed_default: bool = False):
+def _scorer(opts: dict, testbed_input: str | None = None):
+    """Detector and colour classifier; `testbed_input` names a testbed input (then the testbed's are the defaults)."""
     from bench.geneval.colors import get_color_classifier
     from bench.geneval.detectors import get_detector
-    opts["detector"] = opts["detector"] or ("testbed" if testbed_default else "mask2former")
+    if testbed_input and not opts["detector"]:
+        click.echo(f"{testbed_input} is from the testbed world: testbed prompts, detector and colour classifier "
+                   f"(--detector/--color-classifier/--prompts to choose others)")
+    opts["detector"] = opts["detector"] or ("testbed" if testbed_input else "mask2former")
     testbed = opts["detector"] == "testbed"
     detector = get_detector(opts["detector"], **({} if testbed else dict(
         checkpoint=opts["checkpoint"], image_size=opts["image_size"], device=opts["device"])))
@@ -81,6 +85,7 @@ def _load_prompts(path, testbed: bool, limit: int | None, classes) -> list[dict]
     from bench.geneval.score import validate_metadata
     path = Path(path) if path else _default_prompts(testbed)
     prompts = read_prompts(path)[:limit]
+    click.echo(f"prompts: {path} ({len(prompts)})")
     for i, p in enumerate(prompts):
         validate_metadata(p, f"{path}:{i + 1}", set(classes))
         if not isinstance(p.get("prompt"), str):
@@ -91,7 +96,7 @@ def _load_prompts(path, testbed: bool, limit: int | None, classes) -> list[dict]
 @main.command(epilog="""\b
 Examples:
   lightgen-bench geneval --testbed --outdir runs/geneval-teacher
-  lightgen-bench geneval --ckpt runs/demo/pipeline --outdir runs/geneval-demo --steps 64 --guidance-scale 4
+  lightgen-bench geneval --ckpt runs/demo/dpo/pipeline --outdir runs/geneval-demo --steps 64 --guidance-scale 4
   lightgen-bench geneval --pipeline stabilityai/stable-diffusion-2-1 --outdir runs/sd21 \\
       --steps 50 --guidance-scale 9 --device cuda
   lightgen-bench geneval --ckpt DIR --outdir OUT --shard 0/4 --no-score   # one of 4 shards
@@ -99,17 +104,19 @@ Examples:
 """)
 @click.option("--ckpt", type=click.Path(file_okay=False), default=None, help="LightGen pipeline directory.")
 @click.option("--pipeline", default=None, help="diffusers text-to-image pipeline: hub id or local path.")
-@click.option("--testbed", is_flag=True, help="The testbed teacher (default prompts and detector: the testbed's).")
+@click.option("--testbed", is_flag=True, help="The testbed teacher as the generator.")
 @click.option("--outdir", type=click.Path(file_okay=False), required=True, help="Official GenEval image layout.")
 @click.option("--prompts", type=click.Path(dir_okay=False), default=None,
-              help="Metadata .jsonl (default: the 553 official prompts, or the testbed's with --testbed).")
-@click.option("--limit", type=int, default=None, help="Only the first N prompts (smoke tests).")
-@click.option("--n-samples", default=4, show_default=True, help="Images per prompt (official: 4).")
+              help="Metadata .jsonl (default: the testbed's 360 for --testbed, a testbed --ckpt or --detector "
+                   "testbed; else the 553 official prompts).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N prompts (smoke tests).")
+@click.option("--n-samples", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Images per prompt (official: 4).")
 @click.option("--steps", type=int, default=None, help="Sampling steps (default: the generator's).")
 @click.option("--guidance-scale", type=float, default=None, help="Guidance scale (default: the generator's).")
 @click.option("--resolution", type=int, default=None, help="Image side in pixels (default: the generator's).")
 @click.option("--seed", default=0, show_default=True, help="Base seed; image (i, k) gets hash(seed, i, k).")
-@click.option("--batch-size", default=4, show_default=True, help="Images per generator call.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Images per generator call.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
               help="diffusers pipeline weights dtype (default: as stored).")
 @click.option("--shard", default="0/1", show_default=True, help="i/n: generate prompts with index % n == i.")
@@ -126,7 +133,8 @@ def geneval(ckpt, pipeline, testbed, outdir, prompts, limit, n_samples, steps, g
         i, n = (int(x) for x in shard.split("/"))
     except ValueError:
         raise InputError(f"--shard {shard}: expected i/n, e.g. 0/4") from None
-    detector, classifier = _scorer(opts, testbed_default=testbed)
+    from bench.testbed.recognise import testbed_pipeline
+    detector, classifier = _scorer(opts, "--testbed" if testbed else ckpt if testbed_pipeline(ckpt) else None)
     prompt_list = _load_prompts(prompts, testbed or opts["detector"] == "testbed", limit, detector.classes)
     if not no_score and n == 1:
         detector.weights()  # download / convert the detector checkpoint now, not after hours of generation
@@ -160,7 +168,7 @@ Examples:
   lightgen-bench geneval-score runs/sd21                       # GenEval's detector (transformers) + CLIP
   lightgen-bench geneval-score runs/sd21 --checkpoint detectors/geneval-m2f   # converted once, offline
   lightgen-bench geneval-score runs/sd21 --detector mmdet      # the same weights through mmdet (mmcv)
-  lightgen-bench geneval-score runs/geneval-teacher --detector testbed
+  lightgen-bench geneval-score runs/geneval-teacher            # testbed images: testbed prompts, detector, colours
   lightgen-bench geneval-score official_outputs/ --n-samples 0 --allow-missing   # anything there
 \b
 Writes OUTDIR/results.jsonl (official fields; resumable), summary.json and summary.md.
@@ -168,13 +176,18 @@ Exit 1 if some images were unreadable (listed), 2 on bad input.
 """)
 @click.argument("outdir", type=click.Path(file_okay=False))
 @click.option("--prompts", type=click.Path(dir_okay=False), default=None,
-              help="Metadata .jsonl every folder is checked against (default: official, or testbed's).")
-@click.option("--n-samples", default=4, show_default=True, help="Expected images per prompt (0 = any).")
+              help="Metadata .jsonl every folder is checked against (default: the testbed's for a folder of "
+                   "testbed prompts or --detector testbed, else the official 553).")
+@click.option("--n-samples", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Expected images per prompt (0 = any).")
 @_scoring_options
 @threads_option
 def geneval_score(outdir, prompts, n_samples, **opts):
     """Score a GenEval image folder (ours or the official generator's)."""
-    detector, classifier = _scorer(opts)
+    from bench.geneval.layout import read_prompts
+    from bench.testbed.recognise import testbed_folder, testbed_prompts
+    testbed = testbed_prompts(read_prompts(prompts)) if prompts else testbed_folder(outdir)
+    detector, classifier = _scorer(opts, (prompts or outdir) if testbed else None)
     prompt_list = _load_prompts(prompts, opts["detector"] == "testbed", None, detector.classes)
     _score(outdir, prompt_list, detector, classifier, opts, n_samples or None)
 
@@ -203,11 +216,12 @@ Examples:
   lightgen-bench fid runs/sd21 refs/coco30k                    # clean-fid Inception, clean mode
   lightgen-bench fid runs/a runs/b --extractor clip --kid
   lightgen-bench fid runs/a refs/stats.npz --inception ~/inception-2015-12-05.pt
-  lightgen-bench fid runs/a runs/b --extractor testbed --resolution 32
+  lightgen-bench fid runs/demo/eval-kd/images runs/demo/eval-dpo/images   # testbed images: testbed extractor
 """)
 @click.argument("a", type=click.Path(exists=True))
 @click.argument("b", type=click.Path(exists=True))
-@click.option("--extractor", default="clean", show_default=True, type=click.Choice(["clean", "clip", "testbed"]))
+@click.option("--extractor", default=None, type=click.Choice(["clean", "clip", "testbed"]),
+              help="Feature extractor (default: testbed when A or B holds testbed images, else clean).")
 @click.option("--inception", type=click.Path(exists=True), default=None,
               help="Local inception-2015-12-05.pt (clean); else downloaded on first use.")
 @click.option("--resolution", type=int, default=None, help="Resize images (clean-fid's PIL bicubic) first.")
@@ -229,6 +243,11 @@ def fid_cmd(a, b, extractor, inception, resolution, num, batch_size, num_workers
     from bench.fid import CACHE_DIR, CleanInception, fid
     from lightgen.files import write_text
 
+    from bench.testbed.recognise import testbed_folder
+    if extractor is None:
+        extractor = "testbed" if testbed_folder(a) or testbed_folder(b) else "clean"
+        click.echo(f"extractor: {extractor} (default for {'testbed' if extractor == 'testbed' else 'these'} images; "
+                   f"--extractor to choose)")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = CleanInception(inception) if inception and extractor == "clean" else extractor
     result = fid(a, b, model, kid=kid, cache_dir=None if no_cache else (cache_dir or CACHE_DIR), resolution=resolution,

@@ -6,18 +6,19 @@ from pathlib import Path
 import click
 
 from bench.cli.group import main, threads_option
+from lightgen.errors import InputError
 
 
 @main.command(epilog="""\b
 Examples:
   lightgen-bench sample --preset testbed --prompt "two red circles" --out samples/
-  lightgen-bench sample --ckpt runs/demo/pipeline --prompt "a blue square" -n 4 --seed 0 --out samples/
+  lightgen-bench sample --ckpt runs/demo/dpo/pipeline --prompt "a blue square" -n 4 --seed 0 --out samples/
 """)
 @click.option("--ckpt", type=click.Path(exists=True, file_okay=False), help="LightGen pipeline directory.")
 @click.option("--preset", default="testbed", show_default=True,
               help="Random-init model of this preset when no --ckpt is given (a smoke test of the sampler).")
 @click.option("--prompt", "prompts", multiple=True, required=True, help="Prompt (repeatable).")
-@click.option("-n", "--num-images", default=1, show_default=True, help="Images per prompt.")
+@click.option("-n", "--num-images", type=click.IntRange(min=1), default=1, show_default=True, help="Images per prompt.")
 @click.option("--steps", default=64, show_default=True, help="Autoregressive steps.")
 @click.option("--guidance-scale", default=4.0, show_default=True, help="Guidance scale (1 = off).")
 @click.option("--cfg-schedule", type=click.Choice(["constant", "linear"]), default="constant", show_default=True)
@@ -37,6 +38,8 @@ def sample(ckpt, preset, prompts, num_images, steps, guidance_scale, cfg_schedul
     from lightgen.config import LightGenConfig
     from lightgen.mar import LightGen
 
+    if not all(p.strip() for p in prompts):
+        raise InputError("--prompt: expected a non-empty prompt")
     if ckpt:
         pipe = LightGenPipeline.from_pretrained(ckpt, weights=weights, device=device)
     else:

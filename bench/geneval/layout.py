@@ -29,13 +29,20 @@ OBJECT_NAMES = tuple((EVAL_CONFIGS / "geneval" / "object_names.txt").read_text()
 SAMPLE_RE = re.compile(r"\d+\.png")  # used with .match: anchored at the start only, as officially
 
 
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: expected UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
 def read_prompts(path: str | os.PathLike) -> list[dict]:
     """One metadata object per line (the official `evaluation_metadata.jsonl` format)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: prompt metadata file not found")
     prompts = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(_read_utf8(path).splitlines(), 1):
         if line.strip():
             try:
                 prompts.append(json.loads(line))
@@ -69,7 +76,7 @@ def read_metadata(folder: Path) -> dict | None:
     if not f.is_file():
         return None
     try:
-        meta = json.loads(f.read_text())
+        meta = json.loads(_read_utf8(f))
     except json.JSONDecodeError as e:
         raise InputError(f"{f}: expected one JSON object ({e})") from None
     if not isinstance(meta, dict):
