@@ -14,7 +14,7 @@ from bench.config import merge, train_config
 from bench.experiment import DataSpec, EvalSpec, cached, distilled, evaluate, run_training
 from bench.provenance import run_record
 from lightgen.errors import InputError, check_known
-from lightgen.files import read_yaml, write_text
+from lightgen.files import atomic_write, read_yaml, write_text
 from lightgen.probe import probe_pipeline
 from lightgen.train import TrainConfig
 
@@ -93,7 +93,7 @@ def write_report(output: Path, work: Path, data: DataSpec, runs: dict[str, dict]
                           "completion_ratio": s["probe"]["completion"]["ratio"]} if "probe" in s else {})}
                for name, s in runs.items()}
     write_text(output / "before_after.json", json.dumps(compare, indent=2))
-    _grid(output / "samples.png", [work / "eval-kd" / "images", work / "eval-dpo" / "images"])
+    _grid(output / "samples.png", {"KD": work / "eval-kd" / "images", "KD + DPO": work / "eval-dpo" / "images"}, data)
     for name, cfg in (("kd", kd), ("dpo", dpo)):
         metrics = pd.read_csv(Path(cfg.out) / "metrics.csv")
         line_plot(metrics, "step", ["loss"], output / f"{name}_loss.png", f"{name.upper()} training loss",
@@ -111,12 +111,40 @@ def _params(config) -> str:
     return f"{n / 1e6:.1f}M"
 
 
-def _grid(path: Path, folders: list[Path], prompts: int = 12) -> None:
-    """Rows: the first images of each evaluation folder (before / after DPO), same prompts and seeds."""
+def _grid(path: Path, folders: dict[str, Path], data: DataSpec, prompts: int = 12) -> None:
+    """samples.png: one column per prompt (the first `prompts` of the evaluation, labelled underneath), one row
+    per source: the teacher's render and each model's first sample, all with the image's GenEval seed."""
     from PIL import Image
 
-    from bench.geneval.layout import make_grid
+    from bench.geneval.layout import read_layout
+    from bench.testbed.teacher import TestbedTeacher
+    from lightgen.distill import sample_seed
 
-    rows = [[Image.open(p) for p in sorted(f.glob("*/samples/*.png"))[:prompts]] for f in folders]
-    grid = make_grid([im for row in rows for im in row], cols=prompts)
-    grid.resize((grid.width * 3, grid.height * 3), Image.NEAREST).save(path)
+    layouts = {name: read_layout(folder)[:prompts] for name, folder in folders.items()}
+    first = next(iter(layouts.values()))
+    texts = [f.metadata["prompt"] for f in first]
+    teacher = TestbedTeacher(data.resolution)(texts, [sample_seed(data.seed, int(f.path.name), 0) for f in first])
+    rows = {"teacher": teacher, **{name: [Image.open(f.samples[0]) for f in fs] for name, fs in layouts.items()}}
+    atomic_write(path, lambda tmp: _labelled(rows, texts).save(tmp, format="PNG"))
+
+
+def _labelled(rows: dict[str, list], captions: list[str], scale: int = 3):
+    """Images in a grid (nearest-neighbour upscaled), row names on the left, wrapped captions under the columns."""
+    import textwrap
+
+    from PIL import Image, ImageDraw
+
+    side = rows[next(iter(rows))][0].width * scale
+    pitch, line, margin = side + 2, 11, 70  # 2-px white gaps; default bitmap font: ~6 px a character, 11 a line
+    wrapped = [textwrap.wrap(c.removeprefix("a photo of "), max(1, side // 6)) for c in captions]
+    canvas = Image.new("RGB", (margin + len(captions) * pitch, len(rows) * pitch + line * max(map(len, wrapped)) + 2),
+                       "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (name, images) in enumerate(rows.items()):
+        draw.text((4, r * pitch + side // 2 - line // 2), name, fill="black")
+        for c, im in enumerate(images):
+            canvas.paste(im.convert("RGB").resize((side, side), Image.NEAREST), (margin + c * pitch, r * pitch))
+    for c, lines in enumerate(wrapped):
+        for k, text in enumerate(lines):
+            draw.text((margin + c * pitch + 2, len(rows) * pitch + k * line), text, fill="black")
+    return canvas

@@ -21,11 +21,9 @@ UMASK = os.umask(0)
 os.umask(UMASK)
 
 
-def test_demo_quick_runs_the_whole_loop(tmp_path):
-    result = CliRunner().invoke(main, ["demo", "--quick", "--work", str(tmp_path / "work"),
-                                       "--output", str(tmp_path / "out")])
-    assert result.exit_code == 0, result.output
-    out = tmp_path / "out"
+def test_demo_quick_runs_the_whole_loop(demo_quick, tmp_path):
+    work = demo_quick / "runs" / "demo"
+    out = work / "results"  # the default output: under the work folder, not the committed results/
     compare = json.loads((out / "before_after.json").read_text())
     assert set(compare) == {"KD (before DPO)", "KD + DPO"}
     for run in compare.values():
@@ -34,13 +32,13 @@ def test_demo_quick_runs_the_whole_loop(tmp_path):
     table = (out / "table.md").read_text().splitlines()
     assert table[0].startswith("| Model | #Params | Pre-train Data | Single Obj.") and len(table) == 4
     # the probe of each model on the KD training data, as `lightgen-bench probe` computes it
-    kd_cache = next(p for p in (tmp_path / "work").iterdir() if p.name.startswith("data-") and ".cache-" in p.name)
+    kd_cache = next(p for p in work.iterdir() if p.name.startswith("data-") and ".cache-" in p.name)
     for name, pipe in (("KD (before DPO)", "kd"), ("KD + DPO", "dpo")):
-        expected = probe_pipeline(tmp_path / "work" / pipe / "pipeline", kd_cache, completion_images=QUICK["completion_images"])
+        expected = probe_pipeline(work / pipe / "pipeline", kd_cache, completion_images=QUICK["completion_images"])
         assert (compare[name]["context_gain"], compare[name]["text_gain"], compare[name]["completion_ratio"]) == (
             expected["context_gain"], expected["text_gain"], expected["completion"]["ratio"])
     # `lightgen-bench probe --completion`: both tests from one load, completion on an evenly spaced subset
-    kd_pipe = tmp_path / "work" / "kd" / "pipeline"
+    kd_pipe = work / "kd" / "pipeline"
     run = CliRunner().invoke(main, ["probe", str(kd_pipe), "--cache", str(kd_cache), "--n", "9", "--completion", "3"])
     assert run.exit_code == 0, run.output
     probed = json.loads(run.output)
@@ -52,10 +50,23 @@ def test_demo_quick_runs_the_whole_loop(tmp_path):
     assert record["config"]["kd"]["steps"] == 12
     for name in ("samples.png", "kd_loss.png", "dpo_loss.png", "table.tex", "table.csv", "run.json"):
         assert (out / name).stat().st_size > 0 and (out / name).stat().st_mode & 0o777 == 0o666 & ~UMASK
-    # resumable: a second run reuses every finished step; its results go under the work folder by default
-    again = CliRunner().invoke(main, ["demo", "--quick", "--work", str(tmp_path / "work")])
+    # samples.png: columns = prompts, rows = teacher / KD / KD + DPO, each image with its GenEval seed
+    from PIL import Image
+
+    from bench.geneval.layout import read_layout
+    from bench.testbed.teacher import render
+    from lightgen.distill import sample_seed
+
+    grid, first = Image.open(out / "samples.png"), read_layout(work / "eval-kd" / "images")[0]
+    cells = [render(first.metadata["prompt"], 32, sample_seed(0, 0, 0)), Image.open(first.samples[0]),
+             Image.open(read_layout(work / "eval-dpo" / "images")[0].samples[0])]
+    for row, im in enumerate(cells):  # left margin 70 px, 96-px cells 2 px apart
+        cell = im.convert("RGB").resize((96, 96), Image.NEAREST)
+        assert grid.crop((70, 98 * row, 166, 98 * row + 96)).tobytes() == cell.tobytes()
+    # resumable: a second run reuses every finished step
+    again = CliRunner().invoke(main, ["demo", "--quick", "--work", str(work), "--output", str(tmp_path / "again")])
     assert again.exit_code == 0, again.output
-    assert json.loads((tmp_path / "work" / "results" / "before_after.json").read_text()) == compare
+    assert json.loads((tmp_path / "again" / "before_after.json").read_text()) == compare
 
 
 def _ablation(tmp_path, kind, **extra):
@@ -167,12 +178,11 @@ def test_guidance_ablation_samples_one_model_at_each_scale(tmp_path):
     assert "CFG 3" in (tmp_path / "o" / "table.md").read_text()
 
 
-def test_dpo_pairs_from_a_reference_dataset_are_row_aligned(tmp_path):
+def test_dpo_pairs_from_a_reference_dataset_are_row_aligned(demo_quick, tmp_path):
     """The official builder: winners = a reference dataset's own images, losers = model samples."""
     from lightgen.distill import T2IFolder
 
-    work = tmp_path / "work"
-    assert CliRunner().invoke(main, ["demo", "--quick", "--work", str(work), "--output", str(tmp_path / "o")]).exit_code == 0
+    work = demo_quick / "runs" / "demo"
     data = next(p for p in work.iterdir() if p.name.startswith("data-") and "cache" not in p.name)
     result = CliRunner().invoke(main, ["dpo-pairs", "--ckpt", str(work / "kd" / "pipeline"), "--reference", str(data),
                                        "--out", str(tmp_path / "pairs"), "--n", "4", "--steps", "2"])
