@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -53,6 +54,11 @@ def load_baselines(path: str | os.PathLike = PAPER_TABLES, table: int | None = N
     return picked
 
 
+def _natural(path: Path) -> list:
+    """Sort key in which digit runs compare as numbers: n1000 < n4000 < n16000 (as text: n1000, n16000, n4000)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
 def find_summaries(path: str | os.PathLike) -> list[Path]:
     """A summary file itself; for a directory its summary.json, else every (*.)summary.json below it
     (an ablation's output folder, one per grid point)."""
@@ -61,7 +67,8 @@ def find_summaries(path: str | os.PathLike) -> list[Path]:
         return [path]
     if path.is_dir():
         found = [path / "summary.json"] if (path / "summary.json").is_file() else sorted(
-            p for p in path.rglob("*summary.json") if p.name == "summary.json" or p.name.endswith(".summary.json"))
+            (p for p in path.rglob("*summary.json") if p.name == "summary.json" or p.name.endswith(".summary.json")),
+            key=_natural)
         if found:
             return found
         raise InputError(f"{path}: no summary.json in this directory or below")

@@ -73,10 +73,10 @@ def test_results_from_files_dirs_and_ablations(tmp_path):
     Image.new("RGB", (32, 32)).save(img)
     (tmp_path / "results.jsonl").write_text(json.dumps({"filename": str(img)}) + "\n")
     one = write_summary(tmp_path / "run", summary(results=str(tmp_path / "results.jsonl")))
-    for n in ("n1000", "n100"):
+    for n in ("n1000", "n16000", "n4000", "n100"):
         write_summary(tmp_path / "abl" / n)
     rows = load_results([one / "summary.json", tmp_path / "abl"])
-    assert [r["model"] for r in rows] == ["run", "n100", "n1000"]
+    assert [r["model"] for r in rows] == ["run", "n100", "n1000", "n4000", "n16000"]  # numbers sort as numbers
     assert rows[0]["source"] == "ours: testbed detector, 32 px, 48 images"
     assert rows[0]["position"] == 0.5 and rows[0]["overall"] == pytest.approx(sum(TASKS.values()) / 6)
     assert load_results([one], ["mine"])[0]["model"] == "mine"
