@@ -90,6 +90,7 @@ NOT_RUN = {
     "lightgen-bench ablate steps --config eval_configs/ablations/steps.yaml --launcher accelerate": LONG,
     "lightgen-bench probe-kd copy": LONG, "lightgen-bench probe-kd grid --threads 1": LONG,
     "lightgen-bench probe-kd sincos --threads 1": LONG,
+    "lightgen-bench probe-kd curve --name eps --set model.prediction=epsilon --threads 1": LONG,
     "lightgen-bench train --config eval_configs/train/testbed_kd.yaml": LONG,
     "lightgen-bench train --config eval_configs/train/testbed_kd.yaml --set steps=200 --set out=runs/short": LONG,
     "lightgen-bench dpo --config eval_configs/train/testbed_dpo.yaml": LONG,
