@@ -20,12 +20,12 @@ def testbed_prompts(prompts: Iterable[dict]) -> bool:
 
 
 def testbed_pipeline(ckpt: str | os.PathLike | None) -> bool:
-    """A LightGen pipeline directory of the `testbed` preset."""
+    """A LightGen pipeline directory of a testbed preset (`testbed`, `testbed-small`, ...)."""
     from lightgen.pipeline import read_pipeline_config
 
     if not ckpt or not (Path(ckpt) / "config.json").is_file():
         return False
-    return read_pipeline_config(ckpt)[0].preset == "testbed"
+    return (read_pipeline_config(ckpt)[0].preset or "").startswith("testbed")
 
 
 def testbed_folder(folder: str | os.PathLike) -> bool:
