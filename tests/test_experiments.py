@@ -41,7 +41,7 @@ def test_demo_quick_runs_the_whole_loop(demo_quick, tmp_path):
     kd_pipe = work / "kd" / "pipeline"
     run = CliRunner().invoke(main, ["probe", str(kd_pipe), "--cache", str(kd_cache), "--n", "9", "--completion", "3"])
     assert run.exit_code == 0, run.output
-    probed = json.loads(run.output)
+    probed = json.loads(run.stdout)
     model, latents, text = load_rows(kd_pipe, kd_cache, n=9)
     assert probed["context_gain"] == probe(model, latents, text).context_gain
     assert probed["completion"] == completion(model, latents[[0, 4, 8]], text[[0, 4, 8]]).to_dict()
