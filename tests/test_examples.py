@@ -23,6 +23,8 @@ def _joined(lines) -> list[str]:
     """Lines with `\\` continuations joined and comments dropped, as shell words."""
     out, cur = [], ""
     for line in lines:
+        if not cur and not line.strip().startswith("lightgen-bench "):
+            continue  # prose in an epilog, or a non-CLI line in a README block
         cur += line.rstrip()
         if cur.endswith("\\"):
             cur = cur[:-1] + " "
@@ -105,13 +107,19 @@ NOT_RUN = {
     "lightgen-bench perf --preset testbed --what sample --batch 64 --steps 16": LONG,
     "lightgen-bench perf --preset testbed --what train --batch 64 --output results/perf/cpu_train.json": LONG,
     "lightgen-bench perf --what fid": LONG,
+    "lightgen-bench perf --official ../LightGen --set pos_grid=16 --set clip_sample=null --threads 1":
+        "needs a checkout of the official LightGen code (the loader is tested on a fake checkout in test_official)",
+    "lightgen-bench convert-geneval-detector mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco_20220504_001756-743b7d99.pth "
+    "detectors/geneval-m2f": "needs GenEval's checkpoint (a download; the converter is tested on random weights)",
+    "lightgen-bench geneval-score runs/sd21 --checkpoint detectors/geneval-m2f":
+        "needs the converted GenEval detector and SD 2.1 images",
     "lightgen-bench table runs/kd/summary.json runs/dpo --name 'ours (KD)' --name 'ours (DPO)' --paper-table 2 "
     "--format latex --output table.tex": "needs GenEval summaries in runs/kd and runs/dpo (table is run above)",
     **dict.fromkeys([
         "lightgen-bench geneval --pipeline stabilityai/stable-diffusion-2-1 --outdir runs/sd21",
         "lightgen-bench geneval --pipeline stabilityai/stable-diffusion-2-1 --outdir runs/sd21 --steps 50 "
         "--guidance-scale 9 --device cuda",
-        "lightgen-bench geneval-score runs/sd21 --detector mask2former", "lightgen-bench geneval-score runs/sd21",
+        "lightgen-bench geneval-score runs/sd21",
         "lightgen-bench geneval-score runs/sd21 --detector mmdet",
         "lightgen-bench geneval-score official_outputs/ --n-samples 0 --allow-missing",
         "lightgen-bench fid runs/sd21 refs/coco30k", "lightgen-bench fid runs/a runs/b --extractor clip --kid",
