@@ -185,7 +185,7 @@ def _dpo_point(ab: AblationConfig, p: Point, kd_pipe: Path, work: Path) -> Path:
 def write_outputs(ab: AblationConfig, results: list[tuple[Point, dict]], output: Path) -> None:
     import pandas as pd
 
-    from bench.tables import build_table, line_plot, result_row, write_table
+    from bench.tables import build_table, line_plot, result_row, score_fields, write_table
 
     rows = [result_row(s, _row_name(ab, p), data=f"{p.data.n:,} renders, {p.data.diversity or 'all'} captions",
                        resolution=p.resolution, source=f"ours: testbed detector, {p.resolution} px, {s['images']} images")
@@ -193,17 +193,17 @@ def write_outputs(ab: AblationConfig, results: list[tuple[Point, dict]], output:
     table = build_table(rows)
     for ext in ("md", "tex", "csv"):
         write_table(table, output / f"table.{ext}")
-    frame = pd.DataFrame([{"x": p.x, "series": p.extra.get("resolution", ""), "overall": s["overall"],
-                           "fid": s.get("fid", {}).get("fid"), **{t: v["score"] for t, v in s["tasks"].items()}}
-                          for p, s in results])
+    frame = pd.DataFrame([{"x": p.x, "series": p.extra.get("resolution", ""), "fid": s.get("fid", {}).get("fid"),
+                           **score_fields(s)} for p, s in results])
     xlabel = {"data-scale": "distilled images", "diversity": "distinct training captions", "steps": "training steps",
               "resolution": "resolution (px)", "dpo": "DPO β (0 = before DPO)", "guidance": "CFG scale"}[ab.kind]
     tags = [c for c in ("overall", "position", "counting", "color_attr") if c in frame]
     if ab.kind == "steps" and frame["series"].nunique() > 1:
-        wide = frame.pivot_table(index="x", columns="series", values="overall")
-        wide.columns = [f"overall @ {c} px" for c in wide.columns]
-        line_plot(wide.reset_index(), "x", list(wide.columns), output / "plot.png", f"GenEval (testbed) vs {xlabel}",
-                  xlabel=xlabel)
+        values = [c for c in ("overall", "overall_ci_low", "overall_ci_high") if c in frame]
+        wide = frame.pivot_table(index="x", columns="series", values=values)
+        wide.columns = [f"overall @ {series} px{value.removeprefix('overall')}" for value, series in wide.columns]
+        line_plot(wide.reset_index(), "x", [c for c in wide.columns if "_ci_" not in c], output / "plot.png",
+                  f"GenEval (testbed) vs {xlabel}", xlabel=xlabel)
     else:
         line_plot(frame, "x", tags, output / "plot.png", f"GenEval (testbed) vs {xlabel}", xlabel=xlabel,
                   logx=ab.kind in ("data-scale", "diversity"))

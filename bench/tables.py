@@ -2,6 +2,8 @@
 
 A row is a plain dict keyed by `COLUMNS` (scores under our GenEval tag keys), so the paper's rows
 (`eval_configs/baselines/paper_tables.yaml`) and rows made from our `summary.json` files mix freely.
+Our rows also carry each score's bootstrap 95 % interval (`<tag>_ci_low` / `_ci_high`): markdown and
+LaTeX print `0.62 ± 0.02`, CSV keeps the interval's ends as numbers.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -22,6 +25,7 @@ PAPER_TABLES = EVAL_CONFIGS / "baselines" / "paper_tables.yaml"
 SCORES = {"single_object": "Single Obj.", "two_object": "Two Obj.", "colors": "Colors", "counting": "Counting",
           "position": "Position", "color_attr": "Color Attri.", "overall": "Overall"}
 COLUMNS = {"model": "Model", "params": "#Params", "data": "Pre-train Data", **SCORES, "source": "Source"}
+CI_COLUMNS = {f"{k}_ci_{end}": f"{v} CI {end}" for k, v in SCORES.items() for end in ("low", "high")}
 FORMATS = {"md": ".md", "latex": ".tex", "csv": ".csv"}
 _MD = str.maketrans({"|": r"\|"})
 _TEX = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -36,7 +40,7 @@ def load_baselines(path: str | os.PathLike = PAPER_TABLES, table: int | None = N
         raise InputError(f"{path}: baselines file not found")
     try:
         if path.suffix == ".csv":
-            frame = pd.read_csv(path).rename(columns={v: k for k, v in COLUMNS.items()})
+            frame = pd.read_csv(path).rename(columns={v: k for k, v in {**COLUMNS, **CI_COLUMNS}.items()})
             rows = [{k: v for k, v in r.items() if not pd.isna(v)} for r in frame.to_dict("records")]
         else:
             doc = yaml.safe_load(path.read_text())
@@ -86,6 +90,24 @@ def _image_side(summary: Mapping) -> int | None:
         return None
 
 
+def score_fields(summary: Mapping, where: str = "summary") -> dict[str, float]:
+    """Scores of a GenEval summary under our tag keys (+ "overall"), and each one's interval ends
+    (`<key>_ci_low` / `_ci_high`) where the summary has them."""
+    tasks = summary.get("tasks")
+    if not isinstance(tasks, Mapping) or not tasks:
+        raise InputError(f"{where}: `tasks` missing or empty; expected a GenEval summary.json")
+    try:
+        scores = {t: float(tasks[t]["score"]) for t in SCORES if t in tasks}
+        scores["overall"] = float(summary["overall"])
+        cis = {t: tasks[t].get("ci") for t in SCORES if t in tasks}
+        cis["overall"] = summary.get("overall_ci")
+        scores |= {f"{t}_ci_{end}": float(ci[i]) for t, ci in cis.items() if ci for i, end in enumerate(("low", "high"))}
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise InputError(f"{where}: expected `overall` and a numeric `score` (and `ci` [low, high]) per task "
+                         f"({e!r})") from None
+    return scores
+
+
 def result_row(summary: Mapping, name: str, *, params: str | None = None, data: str | None = None,
                resolution: int | None = None, source: str | None = None, where: str = "summary") -> dict:
     """One table row from a GenEval summary (`bench.geneval.summary.summarize` + scorer provenance).
@@ -94,14 +116,7 @@ def result_row(summary: Mapping, name: str, *, params: str | None = None, data: 
     since our rows differ from the paper's exactly there. `params`/`data` fall back to the summary's keys
     of those names, for runners that record them. `where` names the input in error messages.
     """
-    tasks = summary.get("tasks")
-    if not isinstance(tasks, Mapping) or not tasks:
-        raise InputError(f"{where}: `tasks` missing or empty; expected a GenEval summary.json")
-    try:
-        scores = {t: float(tasks[t]["score"]) for t in SCORES if t in tasks}
-        scores["overall"] = float(summary["overall"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise InputError(f"{where}: expected `overall` and a numeric `score` per task ({e!r})") from None
+    scores = score_fields(summary, where)
     if source is None:
         resolution = resolution or summary.get("resolution") or _image_side(summary)
         detector = f"{summary.get('detector') or 'unknown'} detector"
@@ -139,10 +154,14 @@ def load_results(paths: Sequence[str | os.PathLike], names: Sequence[str] = ()) 
 
 
 def build_table(rows: Iterable[Mapping]) -> pd.DataFrame:
-    """The paper's columns in its order; scores as floats (NaN where a row has none)."""
-    frame = pd.DataFrame([{k: r.get(k) for k in COLUMNS} for r in rows], columns=list(COLUMNS))
-    frame[list(SCORES)] = frame[list(SCORES)].apply(pd.to_numeric, errors="coerce").astype(float)
-    return frame.rename(columns=COLUMNS)
+    """The paper's columns in its order, then the interval columns any row has; scores as floats (NaN
+    where a row has none)."""
+    rows = list(rows)
+    columns = list(COLUMNS) + [c for c in CI_COLUMNS if any(r.get(c) is not None for r in rows)]
+    frame = pd.DataFrame([{k: r.get(k) for k in columns} for r in rows], columns=columns)
+    numeric = [c for c in columns if c in SCORES or c in CI_COLUMNS]
+    frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce").astype(float)
+    return frame.rename(columns={**COLUMNS, **CI_COLUMNS})
 
 
 def best_mask(frame: pd.DataFrame, decimals: int = 2) -> pd.DataFrame:
@@ -151,35 +170,42 @@ def best_mask(frame: pd.DataFrame, decimals: int = 2) -> pd.DataFrame:
     return scores.eq(scores.max())
 
 
-def _cells(frame: pd.DataFrame, decimals: int, na: str, bold: str, escape: dict) -> list[list[str]]:
-    """Printed cells: scores rounded (best ones through the `bold` template), text escaped, gaps as `na`."""
-    best = best_mask(frame, decimals).reindex(columns=frame.columns, fill_value=False)
+def _cells(frame: pd.DataFrame, decimals: int, na: str, bold: str, pm: str, escape: dict) -> list[list[str]]:
+    """Printed cells of the printed columns: scores rounded (best ones through the `bold` template, then
+    ` ± half-interval` through `pm` where the row has an interval), text escaped, gaps as `na`."""
+    shown = [c for c in frame.columns if c not in CI_COLUMNS.values()]
+    best = best_mask(frame, decimals).reindex(columns=shown, fill_value=False)
+    low, high = ({c: frame.get(f"{c} CI {end}") for c in SCORES.values()} for end in ("low", "high"))
 
-    def cell(col: str, v, is_best: bool) -> str:
+    def cell(i: int, col: str, v, is_best: bool) -> str:
         if pd.isna(v):
             return na
-        if col in SCORES.values():
-            return bold.format(f"{v:.{decimals}f}") if is_best else f"{v:.{decimals}f}"
-        return str(v).translate(escape)
+        if col not in SCORES.values():
+            return str(v).translate(escape)
+        text = bold.format(f"{v:.{decimals}f}") if is_best else f"{v:.{decimals}f}"
+        if low[col] is not None and not pd.isna(low[col].iloc[i]):
+            text += pm.format(f"{(high[col].iloc[i] - low[col].iloc[i]) / 2:.{decimals}f}")
+        return text
     # positional, not by label: a concatenated frame's index may repeat
-    return [[cell(*c) for c in zip(frame.columns, row, flags, strict=True)]
-            for row, flags in zip(frame.itertuples(index=False), best.itertuples(index=False), strict=True)]
+    return [[cell(i, *c) for c in zip(shown, row, flags, strict=True)] for i, (row, flags) in
+            enumerate(zip(frame[shown].itertuples(index=False), best.itertuples(index=False), strict=True))]
 
 
 def render(frame: pd.DataFrame, fmt: str = "md", decimals: int = 2) -> str:
-    """Markdown or LaTeX (booktabs) with the best per score column in bold; CSV keeps full-precision
-    numbers and no markup, for machines."""
-    numeric = [c in SCORES.values() for c in frame.columns]
+    """Markdown or LaTeX (booktabs) with the best per score column in bold and `± half-interval` where
+    a row has one; CSV keeps full-precision numbers (interval ends in their own columns), no markup."""
     if fmt == "csv":
         return frame.to_csv(index=False, lineterminator="\n")
+    shown = [c for c in frame.columns if c not in CI_COLUMNS.values()]
+    numeric = [c in SCORES.values() for c in shown]
     if fmt == "md":
-        lines = [[c.translate(_MD) for c in frame.columns], ["---:" if n else "---" for n in numeric],
-                 *_cells(frame, decimals, "–", "**{}**", _MD)]
+        lines = [[c.translate(_MD) for c in shown], ["---:" if n else "---" for n in numeric],
+                 *_cells(frame, decimals, "–", "**{}**", " ± {}", _MD)]
         return "".join("| " + " | ".join(line) + " |\n" for line in lines)
     if fmt == "latex":
-        body = _cells(frame, decimals, "--", r"\textbf{{{}}}", _TEX)
+        body = _cells(frame, decimals, "--", r"\textbf{{{}}}", r" $\pm$ {}", _TEX)
         spec = "".join("r" if n else "l" for n in numeric)
-        head = " & ".join(c.translate(_TEX) for c in frame.columns)
+        head = " & ".join(c.translate(_TEX) for c in shown)
         lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", head + r" \\", r"\midrule",
                  *(" & ".join(r) + r" \\" for r in body), r"\bottomrule", r"\end{tabular}"]
         return "\n".join(lines) + "\n"
@@ -202,7 +228,7 @@ def line_plot(data: pd.DataFrame | pd.Series, x: str | None, ys: Sequence[str] |
     """Fig. 6-style curves (score vs data scale, diversity, steps, β, ...) to one PNG, written atomically.
 
     `x` is a column (None: the index); `ys` are columns, tag keys or display names (None: every
-    numeric column). Numeric x is sorted, so points appended as they finish still draw as a curve.
+    numeric column); a y with columns `<y>_ci_low` and `<y>_ci_high` gets error bars to those ends. Numeric x is sorted, so points appended as they finish still draw as a curve.
     `symlogy`: symmetric-log y axis, linear within ± this value (quantities spanning decades, any sign).
     """
     from matplotlib.figure import Figure  # no pyplot: renders with Agg, no global backend state
@@ -212,13 +238,17 @@ def line_plot(data: pd.DataFrame | pd.Series, x: str | None, ys: Sequence[str] |
     if pd.api.types.is_numeric_dtype(xs):
         order = xs.argsort(kind="stable").to_numpy()
         frame, xs = frame.iloc[order], xs.iloc[order]
-    ys = list(ys) if ys is not None else [c for c in frame.select_dtypes("number").columns if c != x]
+    ys = list(ys) if ys is not None else [c for c in frame.select_dtypes("number").columns
+                                          if c != x and "_ci_" not in str(c)]
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.add_subplot()
     for y in ys:
         overall = y in ("overall", "Overall")
-        ax.plot(xs.to_numpy(), frame[y].to_numpy(), marker="o", lw=2.5 if overall else 1.5,
-                label=SCORES.get(y, y), zorder=3 if overall else 2)
+        v, lo, hi = frame[y].to_numpy(dtype=float), f"{y}_ci_low", f"{y}_ci_high"
+        err = np.vstack([v - frame[lo].to_numpy(dtype=float), frame[hi].to_numpy(dtype=float) - v]) \
+            if lo in frame and hi in frame else None
+        ax.errorbar(xs.to_numpy(), v, yerr=err, marker="o", capsize=3, lw=2.5 if overall else 1.5,
+                    label=SCORES.get(y, y), zorder=3 if overall else 2)
     if logx:
         ax.set_xscale("log")
     if symlogy:

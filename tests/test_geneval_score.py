@@ -348,6 +348,7 @@ def test_cli_testbed_generate_score_and_errors(tmp_path):
     assert r.exit_code == 0, r.output
     s = json.loads((out / "summary.json").read_text())
     assert s["overall"] == 1.0 and s["images"] == 6 and s["detector"] == "testbed"
+    assert s["overall_ci"] == [1.0, 1.0] and "Overall: 1.00 ± 0.00 (95% CI 1.000-1.000" in r.output
     r = CliRunner().invoke(main, ["geneval-score", str(out), "--num-workers", "0", "--allow-missing", "--n-samples", "1",
                                   "--results", str(tmp_path / "auto.jsonl")])
     assert r.exit_code == 0 and "testbed world" in r.output, r.output  # testbed images: the testbed's scorers

@@ -60,6 +60,26 @@ def test_latex_booktabs_and_escaping():
     assert r"\textbf{0.70}" in tex and "-- &" in tex  # a lone row is the best; no data -> "--"
 
 
+def test_intervals_print_as_plus_minus_and_stay_numbers_in_csv(tmp_path):
+    s = summary()
+    s["tasks"]["position"]["ci"], s["overall_ci"] = [0.4, 0.62], [0.5, 0.56]
+    row = result_row(s, "ours")
+    assert (row["position_ci_low"], row["position_ci_high"], row["overall_ci_high"]) == (0.4, 0.62, 0.56)
+    frame = build_table(load_baselines(table=2) + [row])
+    md = render(frame, "md").splitlines()
+    col = {c: i for i, c in enumerate(md[0].split(" | "))}
+    ours = md[-1].split(" | ")
+    assert ours[col["Position"]] == "**0.50** ± 0.11" and ours[col["Counting"]] == "0.25"  # no interval: no ±
+    assert ours[col["Overall"]] == f"{sum(TASKS.values()) / 6:.2f} ± 0.03" and "CI low" not in md[0]
+    assert "0.50} $\\pm$ 0.11" in render(frame, "latex")
+    back = pd.read_csv(io.StringIO(render(frame, "csv")))
+    assert list(back.columns[-4:]) == ["Position CI low", "Position CI high", "Overall CI low", "Overall CI high"]
+    assert back["Position CI high"].iloc[-1] == 0.62 and back["Position CI high"].isna().sum() == len(back) - 1
+    assert load_baselines(write_table(frame, tmp_path / "t.csv"))[-1]["overall_ci_low"] == 0.5
+    with pytest.raises(InputError, match="ci"):
+        result_row({**s, "overall_ci": [0.5]}, "bad")
+
+
 def test_csv_round_trip_and_atomic_write(tmp_path):
     frame = build_table(load_baselines(table=1) + [result_row(summary(), "ours, 32 px")])
     back = pd.read_csv(io.StringIO(render(frame, "csv")))
@@ -104,5 +124,9 @@ def test_line_plot_png(tmp_path):
     df = pd.DataFrame({"images": [10000, 1000, 100], "overall": [0.6, 0.5, 0.3], "position": [0.2, 0.1, 0.0]})
     path = line_plot(df, "images", ["overall", "position"], tmp_path / "p" / "scale.png", "Data scale", logx=True)
     series = line_plot(df.set_index("images")["overall"], None, None, tmp_path / "s.png", "Steps", "step")
-    for p in (path, series):
+    bars = line_plot(df.assign(overall_ci_low=df.overall - 0.1, overall_ci_high=df.overall + 0.05), "images", None,
+                     tmp_path / "bars.png")
+    plain = line_plot(df, "images", None, tmp_path / "plain.png")
+    for p in (path, series, bars):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
+    assert bars.read_bytes() != plain.read_bytes()  # the interval columns draw bars, not curves of their own

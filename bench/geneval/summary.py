@@ -2,6 +2,8 @@
 
 Task score = mean of `correct` over that task's *images*; overall = unweighted mean of the task
 scores (not a mean over images or prompts). Error rows (unreadable images) are left out and counted.
+Each score also gets a bootstrap 95 % interval over prompts (`bench.geneval.stats`): `tasks[t].ci`,
+`overall_ci`, and how they were drawn under `bootstrap`.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any, Iterable
 
 from bench.geneval.layout import OFFICIAL_PROMPTS, read_prompts
 from bench.geneval.rules import TAGS, Rules
+from bench.geneval.stats import Bootstrap, confidence_intervals, half_width, prompt_counts
 from lightgen.files import write_text
 
 OFFICIAL_COLOURS = "clip:ViT-L-14:openai"  # open_clip ViT-L-14, OpenAI weights
@@ -29,7 +32,8 @@ def read_results(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def summarize(rows: Iterable[dict]) -> dict[str, Any]:
+def summarize(rows: Iterable[dict], boot: Bootstrap | None = Bootstrap()) -> dict[str, Any]:
+    """Official numbers, plus bootstrap intervals unless `boot` is None."""
     rows = list(rows)
     good = [r for r in rows if not r.get("error")]
     by_tag: dict[str, list[bool]] = {}  # first-appearance order, like groupby(sort=False)
@@ -38,7 +42,7 @@ def summarize(rows: Iterable[dict]) -> dict[str, Any]:
         by_tag.setdefault(r["tag"], []).append(bool(r["correct"]))
         by_prompt[r["metadata"]] = by_prompt.get(r["metadata"], False) or bool(r["correct"])
     tasks = {t: {"score": sum(v) / len(v), "correct": sum(v), "images": len(v)} for t, v in by_tag.items()}
-    return {
+    out = {
         "overall": sum(t["score"] for t in tasks.values()) / len(tasks) if tasks else float("nan"),
         "tasks": tasks,
         "images": len(good),
@@ -47,6 +51,21 @@ def summarize(rows: Iterable[dict]) -> dict[str, Any]:
         "correct_prompts": sum(by_prompt.values()) / len(by_prompt) if by_prompt else float("nan"),
         "errors": len(rows) - len(good),
     }
+    return with_intervals(out, [prompt_counts(good)], boot) if boot and tasks else out
+
+
+def with_intervals(summary: dict, runs: list, boot: Bootstrap) -> dict:
+    """`summary` with `tasks[t].ci`, `overall_ci` and `bootstrap` from the prompt counts of its runs."""
+    ci = confidence_intervals(runs, boot)
+    tasks = {t: {**v, "ci": ci["tasks"][t]} for t, v in summary["tasks"].items()}
+    unit = "prompt, within each task" + ("; and training seed" if len(runs) > 1 else "")
+    return {**summary, "tasks": tasks, "overall_ci": ci["overall"],
+            "bootstrap": {**boot.__dict__, "unit": unit, "runs": len(runs)}}
+
+
+def plus_minus(score: float, ci: list[float] | None, digits: int = 2) -> str:
+    """`0.62 ± 0.02` (± = half the 95 % interval); just the score when there is no interval."""
+    return f"{score:.{digits}f}" + (f" ± {half_width(ci):.{digits}f}" if ci else "")
 
 
 def comparability(scorer: dict, rules: Rules, rows: Iterable[dict], n_samples: int = 4) -> dict:
@@ -79,8 +98,13 @@ def format_summary(s: dict) -> str:
     lines = ["Summary", "=======", f"Total images: {s['images']}", f"Total prompts: {s['prompts']}",
              f"% correct images: {s['correct_images']:.2%}", f"% correct prompts: {s['correct_prompts']:.2%}",
              "", "Task breakdown", "=============="]
-    lines += [f"{t:<16} = {v['score']:.2%} ({v['correct']} / {v['images']})" for t, v in s["tasks"].items()]
+    ci = lambda v: f"  [{plus_minus(v['score'], v['ci'])}]" if v.get("ci") else ""  # noqa: E731
+    lines += [f"{t:<16} = {v['score']:.2%} ({v['correct']} / {v['images']}){ci(v)}" for t, v in s["tasks"].items()]
     lines += ["", f"Overall score (avg. over tasks): {s['overall']:.5f}"]
+    if s.get("overall_ci"):
+        lo, hi = s["overall_ci"]
+        lines.append(f"Overall: {plus_minus(s['overall'], s['overall_ci'])} (95% CI {lo:.3f}-{hi:.3f}, bootstrap "
+                     f"over prompts, {s['bootstrap']['resamples']} resamples)")
     if s.get("errors"):
         lines.append(f"Unreadable images (not scored): {s['errors']}")
     return "\n".join(lines)
