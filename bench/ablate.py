@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from bench.config import train_config
-from bench.experiment import DataSpec, EvalSpec, cached, distilled, evaluate, run_training
+from bench.experiment import DataSpec, EvalSpec, cached, distilled, evaluate, is_diffusers_pipeline, run_training
 from bench.provenance import run_record
 from lightgen.errors import InputError, check_known
 from lightgen.files import read_yaml, write_text
@@ -160,10 +160,11 @@ def _run_point(ab: AblationConfig, p: Point, run: Point, work: Path, eval_spec: 
         pipeline = p.pipeline or trained
     spec = dataclasses.replace(eval_spec, guidance_scale=p.extra.get("guidance_scale", eval_spec.guidance_scale))
     summary = evaluate(pipeline, work / "eval" / p.label, spec)
-    if pipeline not in probes:  # on the KD training data
+    if pipeline not in probes and not is_diffusers_pipeline(pipeline):  # LightGen's, on the KD training data
         probes[pipeline] = probe_pipeline(pipeline, train.cache)
-    return {**summary, "probe": probes[pipeline],
-            "point": {"label": p.label, "x": p.x, **p.extra, "data": dataclasses.asdict(p.data)}}
+    if pipeline in probes:
+        summary["probe"] = probes[pipeline]
+    return {**summary, "point": {"label": p.label, "x": p.x, **p.extra, "data": dataclasses.asdict(p.data)}}
 
 
 def _dpo_point(ab: AblationConfig, p: Point, kd_pipe: Path, work: Path) -> Path:

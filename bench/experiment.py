@@ -76,7 +76,7 @@ def cached(data: Path, cfg: TrainConfig) -> Path:
 def run_training(cfg: TrainConfig) -> Path:
     """Train (resuming if interrupted); a finished run is not retrained."""
     final = Path(cfg.out) / "pipeline"
-    if (final / "config.json").is_file():
+    if (final / "config.json").is_file() or (final / "model_index.json").is_file():  # LightGen / diffusers
         return final
     return train(cfg, resume="auto")
 
@@ -85,7 +85,7 @@ def evaluate(pipeline: Path, outdir: Path, spec: EvalSpec, prompts_file: Path = 
     """Testbed GenEval summary (+ FID vs teacher renders of the same prompts and seeds)."""
     from bench.geneval.colors import get_color_classifier
     from bench.geneval.detectors import get_detector
-    from bench.geneval.generate import generate, get_generator
+    from bench.geneval.generate import generate
     from bench.geneval.score import score
 
     prompts = read_prompts(prompts_file)
@@ -95,8 +95,7 @@ def evaluate(pipeline: Path, outdir: Path, spec: EvalSpec, prompts_file: Path = 
     summary_file = outdir / "evaluation.json"  # written last: its presence means the step is complete
     if summary_file.is_file():
         return json.loads(summary_file.read_text())
-    generator = get_generator(ckpt=str(pipeline), steps=spec.steps, guidance_scale=spec.guidance_scale,
-                              temperature=spec.temperature)
+    generator = pipeline_generator(pipeline, spec)
     t0 = time.perf_counter()
     generate(generator, prompts, outdir / "images", n_samples=spec.n_samples, batch_size=64, seed=spec.seed)
     gen_s = time.perf_counter() - t0
@@ -107,6 +106,20 @@ def evaluate(pipeline: Path, outdir: Path, spec: EvalSpec, prompts_file: Path = 
         summary["fid"] = teacher_fid(outdir / "images", prompts, spec)
     write_text(summary_file, json.dumps(summary, indent=2))
     return summary
+
+
+def is_diffusers_pipeline(path: Path) -> bool:
+    """A diffusers pipeline directory (the UNet student's), not a LightGen one."""
+    return (Path(path) / "model_index.json").is_file()
+
+
+def pipeline_generator(pipeline: Path, spec: EvalSpec):
+    """The GenEval generator of a trained student's pipeline directory, with the spec's sampling settings
+    (`steps`: AR steps for LightGen, solver steps for a diffusers pipeline; `temperature`: LightGen's)."""
+    from bench.geneval.generate import get_generator
+
+    where = {"pipeline" if is_diffusers_pipeline(pipeline) else "ckpt": str(pipeline)}
+    return get_generator(**where, steps=spec.steps, guidance_scale=spec.guidance_scale, temperature=spec.temperature)
 
 
 def teacher_fid(images: Path, prompts: list[dict], spec: EvalSpec) -> dict:

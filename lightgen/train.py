@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -45,8 +46,10 @@ class TrainConfig:
     """One training run (KD pretraining or DPO). Loaded from YAML; unknown keys are errors."""
 
     objective: str = "kd"  # "kd" | "dpo"
+    student: str = "lightgen"  # "lightgen" | "unet" (lightgen.unet_student: a pixel-space diffusers UNet)
     preset: str = "testbed"
-    model: dict[str, Any] = field(default_factory=dict)  # LightGenConfig overrides
+    model: dict[str, Any] = field(default_factory=dict)  # LightGenConfig overrides (the unet student: text, codec)
+    unet: dict[str, Any] = field(default_factory=dict)  # UNetStudentConfig overrides (student: unet)
     cache: str = ""  # feature cache (KD); for DPO the winners' cache
     loser_cache: str = ""  # DPO only: the losers' cache, row-aligned with `cache`
     out: str = "runs/train"
@@ -94,6 +97,16 @@ class TrainConfig:
         cfg.betas = tuple(cfg.betas)
         if cfg.objective not in ("kd", "dpo"):
             raise InputError(f"{source}: objective: expected 'kd' or 'dpo', got {cfg.objective!r}")
+        if cfg.student not in STUDENTS:
+            raise InputError(f"{source}: student: expected one of {', '.join(STUDENTS)}, got {cfg.student!r}")
+        if cfg.student != "lightgen" and cfg.objective == "dpo":
+            raise InputError(f"{source}: objective: dpo is implemented for the lightgen student only")
+        if cfg.unet and cfg.student != "unet":
+            raise InputError(f"{source}: unet: UNet options given, but student is {cfg.student!r}")
+        if cfg.student == "unet":  # its options and text length, before any data is read
+            from lightgen.unet_student import UNetStudentConfig, check_text_length
+            UNetStudentConfig.from_dict(cfg.unet, f"{source}: unet")
+            check_text_length(cfg.model_config(), source)
         if cfg.mixed_precision not in ("no", "bf16", "fp16", "auto"):
             raise InputError(f"{source}: mixed_precision: expected no|bf16|fp16|auto, got {cfg.mixed_precision!r}")
         if cfg.batch_size < 1 or cfg.steps < 1:
@@ -242,6 +255,43 @@ def kd_loss(model, batch, config: LightGenConfig, **_) -> tuple[torch.Tensor, di
     return loss, {}
 
 
+# ------------------------------------------------------------------------------------------ students
+STUDENTS = ("lightgen", "unet")
+
+
+class LightGenStudent:
+    """The paper's model as the trainer's student: what the trainer needs is building the network,
+    its initial weights from a pipeline, its optimizer groups, its loss on a batch and its export."""
+
+    name = "lightgen"
+
+    def __init__(self, config: LightGenConfig):
+        self.config = config
+
+    def build(self) -> LightGen:
+        return LightGen(self.config)
+
+    def init_state(self, path: str | Path, weights: str | None) -> dict[str, torch.Tensor]:
+        return load_init(path, weights)[1]
+
+    def param_groups(self, model: LightGen, weight_decay: float, head_lr_scale: float) -> list[dict]:
+        return param_groups(model, weight_decay, head_lr_scale)
+
+    def loss(self, model, batch, **_) -> tuple[torch.Tensor, dict[str, float]]:
+        return kd_loss(model, batch, self.config)
+
+    def export(self, path: Path, model: LightGen, ema: list[torch.Tensor], cache: FeatureCache) -> Path:
+        return export(path, self.config, model, ema, cache)
+
+
+def make_student(cfg: TrainConfig, config: LightGenConfig, resolution: int, cache: FeatureCache):
+    """The student `cfg.student` names, for data made with `config`'s codec and text encoder."""
+    if cfg.student == "unet":
+        from lightgen.unet_student import UNetStudent, UNetStudentConfig
+        return UNetStudent(config, UNetStudentConfig.from_dict(cfg.unet), resolution, cache)
+    return LightGenStudent(config)
+
+
 # ------------------------------------------------------------------------------------------ train
 def param_groups(model: LightGen, weight_decay: float, head_lr_scale: float = 1.0) -> list[dict]:
     """Official split: no decay for 1-D params, biases and the whole diffusion head; the head's
@@ -282,7 +332,8 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
     device = "cuda" if torch.cuda.is_available() else "cpu"
     acc = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision, device),
                       log_with=cfg.trackers or None, project_dir=str(out))
-    model, reference = _build_models(cfg, config, acc.device)
+    student = make_student(cfg, config, cfg.resolution or config.resolution, caches[0])
+    model, reference = _build_models(cfg, student, acc.device)
     ckpt = _find_checkpoint(cfg, config, resume, out / "checkpoints")
     if ckpt is not None:
         load_into(model, ckpt["model"], "checkpoint model")
@@ -291,10 +342,10 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
     if ckpt is not None:
         names = [n for n, _ in model.named_parameters()]
         ema = [ckpt["ema"][n].to(acc.device) for n in names]
-    opt, lr_scales = _build_optimizer(cfg, model, acc.device, ckpt, out / "checkpoints")
+    opt, lr_scales = _build_optimizer(cfg, student, model, acc.device, ckpt, out / "checkpoints")
     start = ckpt["step"] if ckpt is not None else 0
     prepared, opt = acc.prepare(model, opt)
-    run = _Run(cfg, config, acc, prepared, acc.unwrap_model(prepared), opt, lr_scales, ema, reference, caches, out)
+    run = _Run(cfg, student, acc, prepared, acc.unwrap_model(prepared), opt, lr_scales, ema, reference, caches, out)
     loader = torch.utils.data.DataLoader(
         _Rows(caches, cfg.mirror_captions),
         batch_sampler=_StepBatches(len(caches[0]), cfg, start, acc.process_index, acc.num_processes), collate_fn=_collate, num_workers=cfg.num_workers, pin_memory=acc.device.type == "cuda")
@@ -305,7 +356,7 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
     run.loop(loader, start, on_step)
     final = out / "pipeline"
     if acc.is_main_process:
-        export(final, config, run.raw_model, ema, caches[0])
+        student.export(final, run.raw_model, ema, caches[0])
     acc.end_training()
     return final
 
@@ -333,17 +384,17 @@ def _open_caches(cfg: TrainConfig) -> tuple[LightGenConfig, list[FeatureCache]]:
     return config, caches
 
 
-def _build_models(cfg: TrainConfig, config: LightGenConfig, device) -> tuple[LightGen, LightGen | None]:
+def _build_models(cfg: TrainConfig, student, device) -> tuple[torch.nn.Module, torch.nn.Module | None]:
     """The model to train (seeded init, then `init_from`'s weights if given) and, for DPO, the frozen reference
     (on `device`)."""
     torch.manual_seed(cfg.seed)
-    model = LightGen(config)
+    model = student.build()
     reference = None
     if cfg.init_from:
-        _, init_state = load_init(cfg.init_from, cfg.init_weights)
+        init_state = student.init_state(cfg.init_from, cfg.init_weights)
         load_into(model, init_state, f"init_from {cfg.init_from}")
         if cfg.objective == "dpo":
-            reference = LightGen(config).eval().requires_grad_(False)
+            reference = student.build().eval().requires_grad_(False)
             load_into(reference, init_state, f"init_from {cfg.init_from}")
             reference.to(device)
     return model, reference
@@ -360,17 +411,18 @@ def _find_checkpoint(cfg: TrainConfig, config: LightGenConfig, resume: str | Non
             raise InputError(f"resume: {resume} is not a readable checkpoint")
     if ckpt is not None:
         saved = TrainConfig.from_dict(ckpt["config"])
-        if saved.model_config() != config:
+        if (saved.student, saved.unet, saved.model_config()) != (cfg.student, cfg.unet, config):
             raise InputError(f"resume: checkpoint at {ckpt_root} was made for another model config "
-                             f"(preset {saved.preset!r}, this run {cfg.preset!r})")
+                             f"(student {saved.student!r}, preset {saved.preset!r}; this run {cfg.student!r}, "
+                             f"{cfg.preset!r})")
     return ckpt
 
 
-def _build_optimizer(cfg: TrainConfig, model: LightGen, device, ckpt: dict | None,
+def _build_optimizer(cfg: TrainConfig, student, model: torch.nn.Module, device, ckpt: dict | None,
                      ckpt_root: Path) -> tuple[torch.optim.Optimizer, list[float]]:
     """AdamW over the official parameter groups (state restored from `ckpt`) and each group's lr scale."""
     fused = cfg.fused_adamw and device.type == "cuda"
-    groups = param_groups(model, cfg.weight_decay, cfg.head_lr_scale)
+    groups = student.param_groups(model, cfg.weight_decay, cfg.head_lr_scale)
     # kept out of the optimizer state, so a resumed run follows its config's scale as it follows its lr
     lr_scales = [g.pop("lr_scale") for g in groups]
     opt = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=cfg.betas, fused=fused or None)
@@ -388,10 +440,10 @@ class _Run:
     """The live objects of one training run; the loop's jobs (step, log, save) are its methods."""
 
     cfg: TrainConfig
-    config: LightGenConfig
+    student: Any  # LightGenStudent | lightgen.unet_student.UNetStudent
     acc: Any  # accelerate.Accelerator
     model: torch.nn.Module  # as prepared by accelerate
-    raw_model: LightGen
+    raw_model: torch.nn.Module
     opt: torch.optim.Optimizer
     lr_scales: list[float]
     ema: list[torch.Tensor]
@@ -434,9 +486,10 @@ class _Run:
         for group, scale in zip(self.opt.param_groups, self.lr_scales):
             group["lr"] = self.lr_at(step) * scale
         batch = [b.to(acc.device, non_blocking=True) for b in batch]
-        objective = dpo_loss if cfg.objective == "dpo" else kd_loss
+        objective = functools.partial(dpo_loss, config=self.student.config) if cfg.objective == "dpo" \
+            else self.student.loss
         with acc.autocast():
-            loss, extra = objective(self.model, batch, self.config, reference=self.reference, cfg=cfg)
+            loss, extra = objective(self.model, batch, reference=self.reference, cfg=cfg)
         if not torch.isfinite(loss.detach()).item():
             raise TrainingDiverged(f"step {step}: loss is {loss.item()}; stopping (last good checkpoint kept in "
                                    f"{self.out / 'checkpoints'})")
@@ -459,7 +512,7 @@ class _Run:
         if done % cfg.save_every == 0 or done == cfg.steps:
             write_checkpoint(self.out / "checkpoints", done, self.raw_model, self.ema, self.opt, cfg, cfg.keep_last)
         if done in cfg.export_steps:
-            export(self.out / "snapshots" / f"step-{done:08d}", self.config, self.raw_model, self.ema, self.caches[0])
+            self.student.export(self.out / "snapshots" / f"step-{done:08d}", self.raw_model, self.ema, self.caches[0])
 
 
 def export(path: Path, config: LightGenConfig, model: LightGen, ema: list[torch.Tensor], cache: FeatureCache) -> Path:

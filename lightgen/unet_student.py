@@ -1,0 +1,189 @@
+"""A peer student: a small pixel-space `diffusers.UNet2DConditionModel` trained on the same data.
+
+The paper's data claims (plateau, diversity over volume) are about the distilled *data*, so they
+should hold for any student. This one is built from diffusers parts only and learns fast at small
+scale: DDPM noise (`DDPMScheduler.add_noise`) and diffusers' ε-MSE loss on the pixels the testbed
+codec caches, cross-attention (at the low resolutions) to the same frozen text states, the null
+condition of classifier-free guidance = the encoder's states of the empty prompt, as the pipeline
+uses at sampling time.
+
+It is saved as a diffusers `IFPipeline` (DeepFloyd IF's stage 1: pixel-space UNet2DConditionModel +
+T5EncoderModel + tokenizer + scheduler), so `lightgen-bench geneval --pipeline DIR` and any diffusers
+code load it without a special case. What IFPipeline hard-codes, and how the student meets it:
+  * prompts are tokenised to 77 tokens: the student's text states are cached at max_length 77. T5
+    masks padding, so the states of the real tokens are those of the LightGen testbed preset
+    (max_length 16) — only more padding positions follow them.
+  * its guidance splits the UNet output into ε and a variance half (IF learns its variance): the
+    UNet has 2 × 3 output channels; the scheduler's fixed variance ignores the second half, which
+    the loss does not train.
+  * the scheduler must have `variance_type`: sampling uses DPMSolverMultistepScheduler (DPM-Solver++,
+    ~20-25 steps) built from the training DDPMScheduler's config.
+  * safety checker, feature extractor and watermarker are optional components, left out.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lightgen.cache import FeatureCache
+from lightgen.codecs import config_latents
+from lightgen.config import LightGenConfig
+from lightgen.errors import InputError, check_known
+from lightgen.text import TextEncoder
+
+IF_MAX_LENGTH = 77  # IFPipeline.encode_prompt's fixed token length
+
+
+@dataclass
+class UNetStudentConfig:
+    """The UNet and its noise schedule (the text encoder and codec come from the LightGen config)."""
+
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 1
+    attention_levels: list[int] = field(default_factory=lambda: [1, 2])  # 0 = full resolution
+    attention_head_dim: int = 32
+    norm_num_groups: int = 8
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"  # "epsilon" | "v_prediction"
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "unet") -> "UNetStudentConfig":
+        cfg = cls(**check_known(raw, cls, source))
+        levels = len(cfg.block_out_channels)
+        if not all(0 <= a < levels for a in cfg.attention_levels):
+            raise InputError(f"{source}: attention_levels: expected levels in [0, {levels}), got {cfg.attention_levels}")
+        if cfg.prediction_type not in ("epsilon", "v_prediction"):
+            raise InputError(f"{source}: prediction_type: expected epsilon or v_prediction, got {cfg.prediction_type!r}")
+        if any(c % cfg.norm_num_groups for c in cfg.block_out_channels):
+            raise InputError(f"{source}: norm_num_groups: {cfg.norm_num_groups} must divide every block_out_channels "
+                             f"entry {cfg.block_out_channels}")
+        return cfg
+
+
+def check_text_length(config: LightGenConfig, source: str) -> None:
+    """What the data side of a UNet student's config must be: pixels, IFPipeline's text length."""
+    if config.codec != "pixel":
+        raise InputError(f"{source}: model.codec: the UNet student works on pixels; expected 'pixel', got "
+                         f"{config.codec!r}")
+    if config.max_length != IF_MAX_LENGTH:
+        raise InputError(f"{source}: model.max_length: the UNet student is saved as an IFPipeline, which encodes "
+                         f"prompts to {IF_MAX_LENGTH} tokens; expected {IF_MAX_LENGTH}, got {config.max_length}")
+
+
+def build_unet(config: LightGenConfig, unet: UNetStudentConfig, resolution: int):
+    from diffusers import UNet2DConditionModel
+
+    n = len(unet.block_out_channels)
+    down = tuple("CrossAttnDownBlock2D" if i in unet.attention_levels else "DownBlock2D" for i in range(n))
+    up = tuple("CrossAttnUpBlock2D" if n - 1 - i in unet.attention_levels else "UpBlock2D" for i in range(n))
+    return UNet2DConditionModel(
+        sample_size=resolution, in_channels=config.latent_channels, out_channels=2 * config.latent_channels,
+        block_out_channels=tuple(unet.block_out_channels), layers_per_block=unet.layers_per_block,
+        down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DCrossAttn",
+        cross_attention_dim=config.caption_channels, attention_head_dim=unet.attention_head_dim,
+        norm_num_groups=unet.norm_num_groups)
+
+
+def train_scheduler(unet: UNetStudentConfig):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=unet.num_train_timesteps, beta_schedule=unet.beta_schedule,
+                         prediction_type=unet.prediction_type, variance_type="fixed_small", clip_sample=True)
+
+
+def sampling_scheduler(train: Any):
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler.from_config(train.config, algorithm_type="dpmsolver++", solver_order=2)
+
+
+def text_encoder_source(config: LightGenConfig, cache: FeatureCache) -> str:
+    """Where the cache's frozen text encoder loads from: the copy a tiny-t5 cache stores, else the config's."""
+    local = cache.text_encoder_path()
+    if local is None and config.text_encoder == "tiny-t5":
+        raise InputError(f"{cache.path}: the cache holds no text_encoder/ for its tiny-t5; rebuild it")
+    return str(local) if local is not None else config.text_encoder
+
+
+class UNetStudent:
+    """What the trainer needs from a student: the network, its initial weights, optimizer groups, its
+    loss on a batch, its export."""
+
+    name = "unet"
+
+    def __init__(self, config: LightGenConfig, unet: UNetStudentConfig, resolution: int, cache: FeatureCache):
+        check_text_length(config, "unet student")
+        self.config, self.unet, self.resolution = config, unet, resolution
+        self.scheduler = train_scheduler(unet)
+        self.text_encoder = text_encoder_source(config, cache)
+        # the null condition of guidance: IFPipeline's negative prompt "" through the same encoder
+        self.null_text = TextEncoder.from_pretrained(self.text_encoder, config.max_length)([""])
+
+    def build(self) -> torch.nn.Module:
+        return build_unet(self.config, self.unet, self.resolution)
+
+    def init_state(self, path: str | Path, weights: str | None = None) -> dict[str, torch.Tensor]:
+        """The UNet weights of a pipeline this student exported (they are its EMA weights)."""
+        from diffusers import UNet2DConditionModel
+
+        if weights not in (None, "model_ema"):
+            raise InputError(f"init_weights: a UNet pipeline holds its EMA weights only, got {weights!r}")
+        try:
+            return UNet2DConditionModel.from_pretrained(str(path), subfolder="unet").state_dict()
+        except (OSError, EnvironmentError) as e:
+            raise InputError(f"init_from {path}: not a UNet student pipeline ({e})") from e
+
+    def param_groups(self, model: torch.nn.Module, weight_decay: float, head_lr_scale: float = 1.0) -> list[dict]:
+        """Decay on weights of rank > 1 only (diffusers scripts decay all; norms and biases are the usual
+        exception); no separate head."""
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+                {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+
+    def loss(self, model, batch, **_) -> tuple[torch.Tensor, dict[str, float]]:
+        """diffusers' text-to-image objective: MSE between the UNet's prediction and ε (or v) at a uniform
+        timestep; the caption is replaced by the empty prompt's states with probability `text_drop_prob`
+        (of the LightGen config, as for LightGen's null condition)."""
+        moments, text = batch
+        x0 = config_latents(moments, self.config)
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, self.unet.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        drop = torch.rand(x0.shape[0], device=x0.device) < self.config.text_drop_prob
+        text = torch.where(drop[:, None, None], self.null_text.to(text), text)
+        noisy = self.scheduler.add_noise(x0, noise, t)
+        target = noise if self.unet.prediction_type == "epsilon" else self.scheduler.get_velocity(x0, noise, t)
+        pred = model(noisy, t, encoder_hidden_states=text).sample[:, :x0.shape[1]]
+        return F.mse_loss(pred.float(), target.float()), {}
+
+    def export(self, path: Path, model: torch.nn.Module, ema: list[torch.Tensor], cache: FeatureCache) -> Path:
+        """An IFPipeline directory sampling with the EMA weights; written beside `path` and renamed, so a
+        directory with model_index.json is always complete."""
+        from diffusers import IFPipeline
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        unet = self.build()
+        unet.load_state_dict({**model.state_dict(), **dict(zip([n for n, _ in model.named_parameters()], ema))})
+        pipe = IFPipeline(tokenizer=AutoTokenizer.from_pretrained(self.text_encoder),
+                          text_encoder=T5EncoderModel.from_pretrained(self.text_encoder), unet=unet,
+                          scheduler=sampling_scheduler(self.scheduler), safety_checker=None, feature_extractor=None,
+                          watermarker=None, requires_safety_checker=False)
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        pipe.save_pretrained(tmp)
+        (tmp / "lightgen_student.json").write_text(json.dumps(
+            {"student": self.name, "unet": dataclasses.asdict(self.unet), "lightgen": self.config.to_dict(),
+             "resolution": self.resolution}, indent=2))
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+        return path

@@ -1,0 +1,146 @@
+"""The UNet peer student: same text states, the trainer's machinery (bitwise resume after SIGKILL),
+an IFPipeline export that GenEval's diffusers route scores with no special case."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from bench.cli import main
+from lightgen.cache import FeatureCache, build_cache
+from lightgen.codecs import build_codec
+from lightgen.config import LightGenConfig
+from lightgen.errors import InputError
+from lightgen.pipeline import build_text_encoder
+from lightgen.train import TrainConfig, train
+from lightgen.unet_student import IF_MAX_LENGTH, UNetStudentConfig
+from tests.test_train import CAPTIONS, MODEL, _records, _weights
+
+TEXT = {**MODEL, "max_length": IF_MAX_LENGTH}
+UNET = {"block_out_channels": [8, 16], "attention_levels": [1], "attention_head_dim": 4, "norm_num_groups": 4,
+        "num_train_timesteps": 50}
+
+
+@pytest.fixture(scope="module")
+def cache77(tmp_path_factory):
+    config = LightGenConfig.from_preset("testbed", **TEXT)
+    return build_cache(_records(24), tmp_path_factory.mktemp("c77") / "cache", config, build_codec(config),
+                       build_text_encoder(config), 32, shard_size=10)
+
+
+def _cfg(tmp_path, cache, **kw):
+    return TrainConfig(**{"student": "unet", "model": TEXT, "unet": UNET, "cache": str(cache), "out": str(tmp_path / "run"),
+                          "batch_size": 4, "steps": 4, "lr": 1e-3, "save_every": 2, "log_every": 1, "warmup_steps": 2,
+                          "ema_decay": 0.9, **kw})
+
+
+def test_text_states_are_the_lightgen_presets(cache77, tmp_path):
+    """At IFPipeline's 77 tokens T5 masks the padding, so the real tokens' states equal those the LightGen
+    testbed preset caches at 16 tokens: the student is conditioned on the same frozen encoder."""
+    short = LightGenConfig.from_preset("testbed", **MODEL)
+    encoder16, encoder77 = build_text_encoder(short), build_text_encoder(LightGenConfig.from_preset("testbed", **TEXT))
+    s16, s77 = encoder16(CAPTIONS), encoder77(CAPTIONS)
+    n = [len(c.split()) + 1 for c in CAPTIONS]  # words + </s>
+    for i, k in enumerate(n):
+        torch.testing.assert_close(s77[i, :k], s16[i, :k], atol=1e-5, rtol=1e-5)
+    row = FeatureCache(cache77)[1]
+    torch.testing.assert_close(row.text[:n[1]], s16[1, :n[1]], atol=1e-5, rtol=1e-5)
+
+
+def test_unet_student_trains_exports_an_if_pipeline_and_is_scored(cache77, tmp_path):
+    from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler, IFPipeline
+
+    from bench.geneval.generate import get_generator
+
+    final = train(_cfg(tmp_path, cache77, export_steps=[2]))
+    assert (tmp_path / "run" / "snapshots" / "step-00000002" / "model_index.json").is_file()
+    pipe = DiffusionPipeline.from_pretrained(str(final))
+    assert isinstance(pipe, IFPipeline) and isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
+    assert pipe.safety_checker is None and pipe.watermarker is None
+    # the null condition trained on is the pipeline's negative prompt ""
+    student_null = json.loads((final / "lightgen_student.json").read_text())
+    assert student_null["unet"]["block_out_channels"] == [8, 16]
+    _, negative = pipe.encode_prompt("a red circle", do_classifier_free_guidance=True, device="cpu")
+    from lightgen.unet_student import UNetStudent
+    null = UNetStudent(LightGenConfig.from_preset("testbed", **TEXT), UNetStudentConfig.from_dict(UNET), 32,
+                       FeatureCache(cache77)).null_text
+    torch.testing.assert_close(negative, null)
+    gen = get_generator(pipeline=str(final), steps=3, guidance_scale=2.0, device="cpu")
+    a = gen(["a red circle", "a blue square"], [5, 6])
+    b = gen(["a blue square"], [6])  # one seed per image: independent of the batch
+    assert a[0].size == (32, 32) and np.array_equal(np.asarray(a[1]), np.asarray(b[0]))
+    out = tmp_path / "geneval"
+    r = CliRunner().invoke(main, ["geneval", "--pipeline", str(final), "--outdir", str(out), "--detector", "testbed",
+                                  "--limit", "6", "--n-samples", "1", "--steps", "2", "--num-workers", "0",
+                                  "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["images"] == 6 and len(s["overall_ci"]) == 2
+
+
+def test_unet_student_resume_continues_exactly(cache77, tmp_path):
+    full = train(_cfg(tmp_path / "full", cache77, steps=6))
+    part = _cfg(tmp_path / "part", cache77)
+    train(part)
+    part.steps = 6
+    resumed = train(part, resume="auto")
+    a, b = (_weights(p / "unet" / "diffusion_pytorch_model.safetensors") for p in (full, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unet_student_sigkill_then_resume_is_bitwise_identical(cache77, tmp_path):
+    """As the LightGen trainer's test: kill a real `lightgen-bench train` of the UNet student mid-run."""
+    config = {"student": "unet", "model": TEXT, "unet": UNET, "cache": str(cache77), "batch_size": 4, "steps": 10,
+              "save_every": 3, "log_every": 1, "warmup_steps": 2, "ema_decay": 0.9, "lr": 1e-3}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(name, kill_after=None):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(yaml.safe_dump({**config, "out": str(tmp_path / name)}))
+        proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "train", "--config", str(cfg)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if kill_after:
+            deadline = time.time() + 180
+            while not (tmp_path / name / "checkpoints" / kill_after).exists():
+                assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            assert not (tmp_path / name / "pipeline").exists()
+            return run(name)
+        assert proc.wait() == 0, proc.stderr.read().decode()[-2000:]
+        return tmp_path / name / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"
+
+    clean, resumed = _weights(run("clean")), _weights(run("killed", kill_after="step-00000006"))
+    assert all(torch.equal(clean[k], resumed[k]) for k in clean)
+
+
+def test_multi_stage_init_from_a_unet_pipeline(cache77, tmp_path):
+    first = train(_cfg(tmp_path / "a", cache77))
+    second = _cfg(tmp_path / "b", cache77, init_from=str(first))
+    second.lr = 0.0  # no update: the run starts from, and exports, the first run's weights
+    second.ema_decay = 0.0
+    a, b = (_weights(p / "unet" / "diffusion_pytorch_model.safetensors") for p in (first, train(second)))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"model": MODEL}, "model.max_length: .* expected 77, got 16"),
+    ({"unet": {**UNET, "channels": 3}}, r"unknown key\(s\) \['channels'\]"),
+    ({"unet": {**UNET, "attention_levels": [2]}}, r"attention_levels: expected levels in \[0, 2\)"),
+    ({"unet": {**UNET, "norm_num_groups": 3}}, "norm_num_groups: 3 must divide"),
+    ({"objective": "dpo"}, "dpo is implemented for the lightgen student only"),
+    ({"student": "dit"}, "student: expected one of lightgen, unet"),
+    ({"model": {**TEXT, "codec": "vae"}}, "model.codec: the UNet student works on pixels"),
+])
+def test_bad_unet_student_configs(cache77, tmp_path, change, match):
+    raw = {**{k: v for k, v in _cfg(tmp_path, cache77).__dict__.items() if k != "betas"}, **change}
+    with pytest.raises(InputError, match=match):
+        train(TrainConfig.from_dict(raw))
