@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from bench.config import merge, train_config
-from bench.experiment import DataSpec, EvalSpec, cached, distilled, evaluate, run_training
+from bench.experiment import DataSpec, EvalSpec, cached, distilled, evaluate, parameter_count, run_training
 from bench.provenance import run_record
 from lightgen.errors import InputError, check_known
 from lightgen.files import atomic_write, read_yaml, write_text
@@ -79,7 +79,7 @@ def write_report(output: Path, work: Path, data: DataSpec, runs: dict[str, dict]
     from bench.tables import build_table, line_plot, result_row, write_table
 
     output.mkdir(parents=True, exist_ok=True)
-    params = _params(kd.model_config())
+    params = f"{parameter_count(kd) / 1e6:.1f}M"
     rows = [result_row(s, f"LightGen-testbed ({name})", params=params, data=f"{data.n:,} teacher renders",
                        resolution=data.resolution,
                        source=f"ours: testbed detector, {data.resolution} px, {s['images']} images")
@@ -99,16 +99,6 @@ def write_report(output: Path, work: Path, data: DataSpec, runs: dict[str, dict]
         line_plot(metrics, "step", ["loss"], output / f"{name}_loss.png", f"{name.upper()} training loss",
                   ylabel="loss")
     return {"runs": compare, "table": str(output / "table.md")}
-
-
-def _params(config) -> str:
-    import torch
-
-    from lightgen.mar import LightGen
-
-    with torch.device("meta"):
-        n = sum(p.numel() for p in LightGen(config).parameters())
-    return f"{n / 1e6:.1f}M"
 
 
 def _grid(path: Path, folders: dict[str, Path], data: DataSpec, prompts: int = 12) -> None:

@@ -73,6 +73,20 @@ def cached(data: Path, cfg: TrainConfig) -> Path:
                        source=str(data))
 
 
+def parameter_count(cfg: TrainConfig) -> int:
+    """Parameters of `cfg`'s student network (built on the meta device: no memory, no init)."""
+    import torch
+
+    from lightgen.mar import LightGen
+    from lightgen.unet_student import UNetStudentConfig, build_unet
+
+    config = cfg.model_config()
+    with torch.device("meta"):
+        model = build_unet(config, UNetStudentConfig.from_dict(cfg.unet), cfg.resolution or config.resolution) \
+            if cfg.student == "unet" else LightGen(config)
+    return sum(p.numel() for p in model.parameters())
+
+
 def run_training(cfg: TrainConfig) -> Path:
     """Train (resuming if interrupted); a finished run is not retrained."""
     final = Path(cfg.out) / "pipeline"

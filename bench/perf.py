@@ -172,6 +172,44 @@ def perf_train(config: LightGenConfig, batch: int, resolution: int, device: torc
     return results
 
 
+def student_step_seconds(cfg, iters: int = 2) -> float:
+    """Median seconds of one CPU training step of `cfg`'s student (a `TrainConfig`: its loss, backward and
+    AdamW at its batch size and precision) on a synthetic cache of its shapes, for --dry-run estimates."""
+    import tempfile
+
+    from PIL import Image
+
+    from lightgen.cache import FeatureCache, build_cache
+    from lightgen.codecs import build_codec
+    from lightgen.pipeline import build_text_encoder
+    from lightgen.train import make_student
+
+    config = cfg.model_config()
+    res = cfg.resolution or config.resolution
+    word = config.text_vocab[0] if config.text_vocab else "a"
+    records = [(Image.new("RGB", (res, res), (i % 256,) * 3), word) for i in range(cfg.batch_size)]
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = FeatureCache(build_cache(records, Path(tmp) / "cache", config, build_codec(config),
+                                         build_text_encoder(config), res))
+        student = make_student(cfg, config, res, cache)
+        torch.manual_seed(0)
+        model = student.build().train()
+        groups = student.param_groups(model, cfg.weight_decay, cfg.head_lr_scale)
+        opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "lr_scale"} for g in groups], lr=cfg.learning_rate)
+        rows = [cache[i] for i in range(len(cache))]
+        batch = (torch.stack([r.moments for r in rows]), torch.stack([r.text for r in rows]))
+        amp = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.mixed_precision == "bf16" else nullcontext()
+
+        def step():
+            with amp:
+                loss, _ = student.loss(model, batch)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return _timed(step, iters, warmup=1, device=torch.device("cpu"))
+
+
 def perf_sample(config: LightGenConfig, batch: int, resolution: int, device: torch.device, steps: int,
                 guidance_scale: float, iters: int, reference: bool, official=None) -> dict:
     from bench.official import cuda_noop

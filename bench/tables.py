@@ -136,7 +136,8 @@ def _default_name(arg: Path, summary: Path) -> str:
 
 
 def load_results(paths: Sequence[str | os.PathLike], names: Sequence[str] = ()) -> list[dict]:
-    """Rows for summary files or directories (see `find_summaries`); default names are folder names."""
+    """Rows for summary files or directories (see `find_summaries`); default names: the `row_name` an
+    ablation point records, else folder names."""
     found = [(Path(p), s) for p in paths for s in find_summaries(p)]
     if names and len(names) != len(found):
         raise InputError(f"--name: expected one name per result ({len(found)}: "
@@ -149,7 +150,8 @@ def load_results(paths: Sequence[str | os.PathLike], names: Sequence[str] = ()) 
             raise InputError(f"{s}: expected a readable JSON summary ({e})") from None
         if not isinstance(summary, dict):
             raise InputError(f"{s}: expected a JSON object (a GenEval summary)")
-        rows.append(result_row(summary, names[i] if names else _default_name(arg, s), where=str(s)))
+        name = names[i] if names else summary.get("row_name") or _default_name(arg, s)
+        rows.append(result_row(summary, name, where=str(s)))
     return rows
 
 

@@ -87,7 +87,9 @@ def test_ablation_persists_points_and_skips_them_on_rerun(tmp_path):
     points = sorted(p.name for p in (out / "points").iterdir())
     assert points == ["n48", "n96"]
     first = {p: json.loads((out / "points" / p / "summary.json").read_text())["overall"] for p in points}
-    assert (out / "plot.png").stat().st_size > 0 and "48 images" in (out / "table.md").read_text()
+    assert sorted(f.name for f in (out / "points" / "n48").iterdir()) == ["seed-0.json", "summary.json"]
+    table = (out / "table.md").read_text()
+    assert (out / "plot.png").stat().st_size > 0 and "LightGen, 48 images" in table and " ± " in table
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["kind"] == "data-scale" and run["config"]["points"] == [48, 96]
     (tmp_path / "w").rename(tmp_path / "w-moved")  # nothing to recompute: finished points are skipped
@@ -96,12 +98,52 @@ def test_ablation_persists_points_and_skips_them_on_rerun(tmp_path):
     assert {p: json.loads((out / "points" / p / "summary.json").read_text())["overall"] for p in points} == first
 
 
+def test_ablation_seeds_are_combined_and_extend_without_retraining(tmp_path):
+    from bench.geneval.summary import combine_runs
+
+    cfg = _ablation(tmp_path, "guidance", points=[1.0])
+    args = ["ablate", "guidance", "--config", str(cfg), "--work", str(tmp_path / "w"), "--output", str(tmp_path / "o")]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    point = tmp_path / "o" / "points" / "cfg1"
+    seed0 = (point / "seed-0.json").read_text()
+    cfg.write_text(yaml.safe_dump({**yaml.safe_load(cfg.read_text()), "seeds": [0, 1]}))
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert (point / "seed-0.json").read_text() == seed0  # done: not retrained, not rescored
+    assert (tmp_path / "w" / "train" / "kd-seed1" / "pipeline").is_dir()
+    per_seed = [json.loads((point / f"seed-{s}.json").read_text()) for s in (0, 1)]
+    combined = json.loads((point / "summary.json").read_text())
+    assert combined["seeds"] == [0, 1] and len(combined["prompt_counts"]) == 2
+    assert combined["overall"] == pytest.approx(np.mean([s["overall"] for s in per_seed]))
+    assert combined["overall_ci"] == combine_runs(per_seed)["overall_ci"]
+    assert [(s["seed"], s["overall"]) for s in combined["per_seed"]] == [(s, p["overall"]) for s, p in
+                                                                        zip((0, 1), per_seed)]
+    assert "6 prompts × 1 images × 2 seeds" in (tmp_path / "o" / "table.md").read_text()
+
+
+def test_unet_student_ablation(tmp_path):
+    cfg = _ablation(tmp_path, "data-scale", points=[48], student="unet",
+                    train={"model": {"text_vocab": "testbed", "max_length": 77}, "steps": 2, "batch_size": 16,
+                           "save_every": 2, "log_every": 1, "unet": {"block_out_channels": [8, 16],
+                                                                     "attention_levels": [1], "norm_num_groups": 4,
+                                                                     "attention_head_dim": 4}})
+    r = CliRunner().invoke(main, ["ablate", "data-scale", "--config", str(cfg), "--work", str(tmp_path / "w"),
+                                  "--output", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "w" / "train" / "n48" / "pipeline" / "model_index.json").is_file()
+    table = (tmp_path / "o" / "table.md").read_text()
+    assert "UNet, 48 images" in table and not (tmp_path / "o" / "probe.csv").exists()  # the probe is LightGen's
+    both = CliRunner().invoke(main, ["table", str(tmp_path / "o"), str(tmp_path / "o")])
+    assert both.output.count("UNet, 48 images") == 2  # rows keep the ablation's names in merged tables
+
+
 def test_ablation_dry_run_prints_plan_and_estimate(tmp_path):
     cfg = _ablation(tmp_path, "diversity", data={"n": 96})
     result = CliRunner().invoke(main, ["ablate", "diversity", "--config", str(cfg), "--dry-run",
                                        "--work", str(tmp_path / "w")])
     assert result.exit_code == 0, result.output
     assert "d48: data n=96 diversity=48" in result.output and "estimated training time" in result.output
+    assert "student lightgen, seeds [0]" in result.output
     assert not (tmp_path / "w").exists()
 
 
@@ -110,6 +152,13 @@ def test_ablation_config_errors_name_the_key(tmp_path):
     path.write_text(yaml.safe_dump({"points": [1], "colour": "blue"}))
     result = CliRunner().invoke(main, ["ablate", "steps", "--config", str(path)])
     assert result.exit_code == 2 and "unknown key(s) ['colour']" in result.output
+    for raw, msg in (({"seeds": [0, 0]}, "seeds: expected a non-empty list of distinct ints"),
+                     ({"student": "dit"}, "student: expected one of lightgen, unet"),
+                     ({"student": "unet", "train_config": "eval_configs/train/testbed_kd.yaml"},
+                      "trains the 'lightgen' student, the ablation names 'unet'")):
+        path.write_text(yaml.safe_dump({"points": [1], **raw}))
+        result = CliRunner().invoke(main, ["ablate", "steps", "--config", str(path)])
+        assert result.exit_code == 2 and msg in result.output, result.output
 
 
 def test_perf_sample_smoke_reports_both_paths(tmp_path):
@@ -146,13 +195,14 @@ def test_steps_ablation_evaluates_snapshots_of_one_run(tmp_path):
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "o" / "points").iterdir()) == ["r32-s2", "r32-s4"]
     assert [p.name for p in (tmp_path / "w" / "train").iterdir()] == ["r32"]  # one training run
-    pipelines = {json.loads((tmp_path / "o" / "points" / p / "summary.json").read_text())["pipeline"]
+    pipelines = {json.loads((tmp_path / "o" / "points" / p / "seed-0.json").read_text())["pipeline"]
                  for p in ("r32-s2", "r32-s4")}
     assert {Path(p).name for p in pipelines} == {"step-00000002", "step-00000004"}
     probe = pd.read_csv(tmp_path / "o" / "probe.csv")  # what each snapshot uses, on its training cache
     assert list(probe["x"]) == [2, 4] and np.isfinite(probe[["loss", "context_gain", "text_gain"]].to_numpy()).all()
     assert (tmp_path / "o" / "probe.png").stat().st_size > 0
-    (tmp_path / "o" / "points" / "r32-s4" / "summary.json").unlink()  # a snapshot point left to redo, run done
+    for name in ("seed-0.json", "summary.json"):  # a snapshot point left to redo, run done
+        (tmp_path / "o" / "points" / "r32-s4" / name).unlink()
     again = CliRunner().invoke(main, ["ablate", "steps", "--config", str(cfg), "--work", str(tmp_path / "w"),
                                       "--output", str(tmp_path / "o")])
     assert again.exit_code == 0, again.output
@@ -170,7 +220,7 @@ def test_guidance_ablation_samples_one_model_at_each_scale(tmp_path):
     assert [p.name for p in (tmp_path / "w" / "train").iterdir()] == ["kd"]  # one training run
     summaries = [json.loads((tmp_path / "o" / "points" / p / "summary.json").read_text()) for p in ("cfg1", "cfg3")]
     assert [s["eval"]["guidance_scale"] for s in summaries] == [1.0, 3.0]
-    assert len({s["pipeline"] for s in summaries}) == 1 and summaries[0]["probe"] == summaries[1]["probe"]
+    assert len({s["pipelines"][0] for s in summaries}) == 1 and summaries[0]["probe"] == summaries[1]["probe"]
     # same model, prompts and seeds: only the scale differs, so the samples must differ
     first = sorted((tmp_path / "w" / "eval" / "cfg1" / "images").glob("*/samples/*.png"))[0]
     other = tmp_path / "w" / "eval" / "cfg3" / first.relative_to(tmp_path / "w" / "eval" / "cfg1")

@@ -143,9 +143,9 @@ def test_compare_cli_paired_difference_and_errors(tmp_path):
     dpo = {"position": [[v[0] or bool(rng.random() < 0.5)] for v in kd["position"]], "colors": kd["colors"]}
     a = _write(tmp_path / "dpo" / "results.jsonl", rows_for(dpo))
     b = _write(tmp_path / "kd.jsonl", rows_for(kd))
-    seeds = [_write(tmp_path / f"s{k}" / "results.jsonl", rows_for(kd)) for k in range(2)]
-    (tmp_path / "point").mkdir()
-    (tmp_path / "point" / "summary.json").write_text(json.dumps({"seed_results": [str(s) for s in seeds]}))
+    (tmp_path / "point").mkdir()  # an ablation point with two seeds: a summary with two runs' prompt counts
+    point = {**summarize(rows_for(kd)), "detector": "testbed", "checkpoint": "v2", "color_classifier": "t"}
+    (tmp_path / "point" / "summary.json").write_text(json.dumps({**point, "prompt_counts": point["prompt_counts"] * 2}))
     out = tmp_path / "d.json"
     r = CliRunner().invoke(main, ["compare", str(a.parent), str(tmp_path / "point"), "--output", str(out)])
     assert r.exit_code == 0, r.output
@@ -156,7 +156,9 @@ def test_compare_cli_paired_difference_and_errors(tmp_path):
     assert f"{d['overall']['diff']:+7.3f}  [{d['overall']['ci'][0]:+.3f}" in r.output
     other = _write(tmp_path / "other.jsonl", rows_for({"position": kd["position"][:5]}))
     mask = _write(tmp_path / "m2f.jsonl", rows_for(kd), detector="mask2former")
+    (tmp_path / "old.json").write_text(json.dumps({"overall": 0.5}))
     for args, msg in (([a, other], "other prompts"), ([b, mask], "compare results of one scorer"),
-                      ([tmp_path / "point" / "..", b], "expected a results.jsonl")):
+                      ([tmp_path / "point" / "..", b], "expected a results.jsonl"),
+                      ([tmp_path / "old.json", b], "no prompt_counts")):
         r = CliRunner().invoke(main, ["compare", *map(str, args)])
         assert r.exit_code == 2 and msg in r.output, r.output

@@ -1,8 +1,9 @@
 """`lightgen-bench compare A B`: the paired difference of two GenEval results on the same prompts.
 
-A and B are result folders (`results.jsonl` inside, or a `summary.json` naming it), `results.jsonl`
-files, or ablation points trained with several seeds (their `summary.json` lists every seed's rows
-under `seed_results`). Rows scored by different detectors are not compared.
+A and B are result folders, `summary.json` or `results.jsonl` files: a summary holds the correct /
+scored images of every prompt of each of its runs (`prompt_counts`; an ablation point trained with
+several seeds holds one per seed), so committed summaries compare without their images. Results of
+different scorers (detector, checkpoint, colour classifier) are not compared.
 """
 from __future__ import annotations
 
@@ -17,37 +18,30 @@ from lightgen.errors import InputError
 SCORER = ("detector", "checkpoint", "color_classifier")
 
 
-def results_files(path: str | os.PathLike) -> list[Path]:
-    """The results.jsonl file(s) behind a result path (several: one per training seed)."""
+def load_runs(path: str | os.PathLike) -> tuple[list[dict], tuple]:
+    """Prompt counts (one per run) and the scorer of a result path: a results.jsonl, a summary.json (its
+    `prompt_counts`), or a folder holding either."""
     path = Path(path)
-    if path.is_file():
-        return [path]
-    summary = path / "summary.json"
-    meta = json.loads(summary.read_text()) if summary.is_file() else {}
-    if meta.get("seed_results"):
-        return [Path(p) for p in meta["seed_results"]]
-    for candidate in (path / "results.jsonl", meta.get("results")):
-        if candidate and Path(candidate).is_file():
-            return [Path(candidate)]
-    raise InputError(f"{path}: expected a results.jsonl, or a folder with results.jsonl or a summary.json naming it")
-
-
-def _runs(path: str | os.PathLike) -> tuple[list[dict], tuple]:
-    runs, scorers = [], set()
-    for f in results_files(path):
-        rows = [r for r in read_results(f) if not r.get("error")]
-        if not rows:
-            raise InputError(f"{f}: no scored rows")
-        scorers |= {tuple(r.get(k) for k in SCORER) for r in rows}
-        runs.append(prompt_counts(rows))
-    if len(scorers) > 1:
-        raise InputError(f"{path}: rows scored by several scorers {sorted(map(str, scorers))}")
-    return runs, scorers.pop()
+    summary = path if path.suffix == ".json" else path / "summary.json"
+    if path.is_dir() and not summary.is_file() and (path / "results.jsonl").is_file():
+        path = path / "results.jsonl"
+    if path.is_file() and path.suffix == ".jsonl":
+        rows = [r for r in read_results(path) if not r.get("error")]
+        scorers = {tuple(r.get(k) for k in SCORER) for r in rows}
+        if len(scorers) != 1:
+            raise InputError(f"{path}: expected scored rows of one scorer, found {len(scorers)}")
+        return [prompt_counts(rows)], scorers.pop()
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        if s.get("prompt_counts"):
+            return s["prompt_counts"], tuple(s.get(k) for k in SCORER)
+        raise InputError(f"{summary}: no prompt_counts (written before intervals existed); rescore the folder")
+    raise InputError(f"{path}: expected a results.jsonl or summary.json, or a folder holding one")
 
 
 def compare(a: str | os.PathLike, b: str | os.PathLike, boot: Bootstrap = Bootstrap()) -> dict:
     """`paired_difference` of two result paths, with what was compared."""
-    (runs_a, scorer_a), (runs_b, scorer_b) = _runs(a), _runs(b)
+    (runs_a, scorer_a), (runs_b, scorer_b) = load_runs(a), load_runs(b)
     if scorer_a != scorer_b:
         raise InputError(f"{b}: scored by {scorer_b}, {a} by {scorer_a}; compare results of one scorer")
     return {"a": str(a), "b": str(b), "scorer": dict(zip(SCORER, scorer_a)), **paired_difference(runs_a, runs_b, boot)}

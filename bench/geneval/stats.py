@@ -14,6 +14,7 @@ Percentile intervals from a seeded numpy generator: the same rows give the same 
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -33,14 +34,16 @@ class Bootstrap:
     level: float = 0.95
 
 
-# tag -> prompt key -> (correct images, scored images)
+# tag -> prompt key -> (correct images, scored images); stored in summary.json under `prompt_counts`
+# (one per run), so intervals and comparisons need no images and no results.jsonl
 PromptCounts = dict[str, dict[str, tuple[int, int]]]
 
 
 def prompt_key(row: dict) -> str:
-    """A result row's prompt: its folder in the GenEval layout (`<index>/samples/<file>`) and metadata
-    (two folders with equal metadata stay two prompts; the metadata keeps folders of other layouts apart)."""
-    return f"{Path(row['filename']).parent.parent.name}|{row['metadata']}"
+    """A result row's prompt: its folder in the GenEval layout (`<index>/samples/<file>`) and a hash of its
+    metadata (two folders with equal metadata stay two prompts; the hash keeps other prompts apart)."""
+    digest = hashlib.sha1(row["metadata"].encode()).hexdigest()[:10]
+    return f"{Path(row['filename']).parent.parent.name}:{digest}"
 
 
 def prompt_counts(rows: Iterable[dict]) -> PromptCounts:

@@ -3,7 +3,8 @@
 Task score = mean of `correct` over that task's *images*; overall = unweighted mean of the task
 scores (not a mean over images or prompts). Error rows (unreadable images) are left out and counted.
 Each score also gets a bootstrap 95 % interval over prompts (`bench.geneval.stats`): `tasks[t].ci`,
-`overall_ci`, and how they were drawn under `bootstrap`.
+`overall_ci`, how they were drawn under `bootstrap`, and the correct / scored images of every prompt
+under `prompt_counts` (a list, one per run), from which intervals and comparisons are recomputed.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from typing import Any, Iterable
 
 from bench.geneval.layout import OFFICIAL_PROMPTS, read_prompts
 from bench.geneval.rules import TAGS, Rules
-from bench.geneval.stats import Bootstrap, confidence_intervals, half_width, prompt_counts
+from bench.geneval.stats import Bootstrap, confidence_intervals, half_width, point_scores, prompt_counts
+from lightgen.errors import InputError
 from lightgen.files import write_text
 
 OFFICIAL_COLOURS = "clip:ViT-L-14:openai"  # open_clip ViT-L-14, OpenAI weights
@@ -60,7 +62,28 @@ def with_intervals(summary: dict, runs: list, boot: Bootstrap) -> dict:
     tasks = {t: {**v, "ci": ci["tasks"][t]} for t, v in summary["tasks"].items()}
     unit = "prompt, within each task" + ("; and training seed" if len(runs) > 1 else "")
     return {**summary, "tasks": tasks, "overall_ci": ci["overall"],
-            "bootstrap": {**boot.__dict__, "unit": unit, "runs": len(runs)}}
+            "bootstrap": {**boot.__dict__, "unit": unit, "runs": len(runs)},
+            "prompt_counts": [{t: {k: list(v) for k, v in run[t].items()} for t in run} for run in runs]}
+
+
+def combine_runs(summaries: list[dict], boot: Bootstrap = Bootstrap()) -> dict:
+    """One configuration scored in several runs (training seeds) on the same prompts: task scores and
+    overall are the means over runs, counts are summed, intervals cover seeds and prompts. Scorer fields
+    come from the first run; runs scored otherwise are refused."""
+    scorer = ("detector", "checkpoint", "image_size", "color_classifier", "rules")
+    first = summaries[0]
+    for s in summaries[1:]:
+        if any(s.get(k) != first.get(k) for k in scorer):
+            raise InputError("combine: runs scored by different scorers: " + ", ".join(
+                f"{k}: {first.get(k)!r} vs {s.get(k)!r}" for k in scorer if s.get(k) != first.get(k)))
+    runs = [run for s in summaries for run in s["prompt_counts"]]
+    scores = point_scores(runs)
+    tasks = {t: {"score": scores[t], "correct": sum(s["tasks"][t]["correct"] for s in summaries),
+                 "images": sum(s["tasks"][t]["images"] for s in summaries)} for t in first["tasks"]}
+    out = {"overall": scores["overall"], "tasks": tasks, "images": sum(s["images"] for s in summaries),
+           "prompts": first["prompts"], "errors": sum(s.get("errors", 0) for s in summaries),
+           **{k: first[k] for k in scorer if k in first}}
+    return with_intervals(out, runs, boot)
 
 
 def plus_minus(score: float, ci: list[float] | None, digits: int = 2) -> str:
