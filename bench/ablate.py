@@ -10,7 +10,8 @@ Kinds and what a point varies:
   data-scale  number of distilled images at a fixed caption pool   (paper Fig. 6a: plateaus)
   diversity   distinct captions at a fixed number of images       (the paper's central claim)
   steps       training iterations, at one or more resolutions      (Fig. 6b)
-  resolution  train/evaluate at two resolutions, stage 2 initialised from stage 1
+  resolution  train/evaluate at two resolutions, stage 2 initialised from stage 1, against the high
+              resolution from scratch at equal compute (a step costs ∝ pixels)
   dpo         before/after Diffusion-DPO, β sweep
   guidance    CFG scale at sampling time, all points on one trained model
 """
@@ -125,9 +126,10 @@ def plan(ab: AblationConfig, work: Path, seed: int = 0) -> list[Point]:
                        init_from=str(Path(stage1.out) / "pipeline"), warmup_steps=0)
         points.append(Point(f"r{high}-from-r{low}", high, dataclasses.replace(base, resolution=high), stage2,
                             resolution=high, extra={"stage": f"{high} px, {ab.stage2_steps} steps from the {low} px run"}))
-        scratch = train(f"r{high}-scratch", resolution=high, steps=s1 + ab.stage2_steps)
+        steps = ab.stage2_steps + round(s1 * (low / high) ** 2)  # equal compute: a step costs ∝ pixels
+        scratch = train(f"r{high}-scratch", resolution=high, steps=steps)
         points.append(Point(f"r{high}-scratch", high, dataclasses.replace(base, resolution=high), scratch,
-                            resolution=high, extra={"stage": f"{high} px, {s1 + ab.stage2_steps} steps from scratch"}))
+                            resolution=high, extra={"stage": f"{high} px, {steps} steps from scratch (equal compute)"}))
     elif ab.kind == "dpo":
         points.append(Point("before-dpo", 0.0, base, train("kd", resolution=base.resolution), resolution=base.resolution,
                             extra={"beta": None}))
@@ -212,6 +214,8 @@ def _combined(ab: AblationConfig, p: Point, per_seed: list[dict], output: Path) 
     fids = [s["fid"]["fid"] for s in per_seed if s.get("fid")]
     if fids:
         summary["fid"] = {"fid": sum(fids) / len(fids), "per_seed": fids, "extractor": per_seed[0]["fid"].get("extractor")}
+    if all("heldout" in s for s in per_seed):
+        summary["heldout"] = combine_runs([s["heldout"] for s in per_seed])
     probes = [s["probe"] for s in per_seed if "probe" in s]
     if probes:
         summary["probe"] = {k: sum(q[k] for q in probes) / len(probes) for k, v in probes[0].items()
@@ -247,9 +251,15 @@ def write_outputs(ab: AblationConfig, results: list[tuple[Point, dict]], output:
     from bench.tables import build_table, line_plot, result_row, score_fields, write_table
 
     params = f"{parameter_count(train_config(ab.train_config, ab.train)) / 1e6:.1f}M"
-    rows = [result_row(s, s.get("row_name") or _row_name(ab, p), params=params,
-                       data=f"{p.data.n:,} renders, {p.data.diversity or 'all'} captions", resolution=p.resolution,
-                       source=f"ours: testbed detector, {p.resolution} px, {_sample_count(s)}") for p, s in results]
+    rows = []
+    for p, s in results:
+        name, data = s.get("row_name") or _row_name(ab, p), f"{p.data.n:,} renders, {p.data.diversity or 'all'} captions"
+        rows.append(result_row(s, name, params=params, data=data, resolution=p.resolution,
+                               source=f"ours: testbed detector, {p.resolution} px, {_sample_count(s)}"))
+        if ab.kind == "diversity" and s.get("heldout"):  # generalisation: the held-out-combination prompts alone
+            held = {**s["heldout"], "seeds": s.get("seeds", [0])}
+            rows.append(result_row(held, f"{name}: held-out prompts", params=params, data=data, resolution=p.resolution,
+                                   source=f"ours: held-out combinations only, {_sample_count(held)}"))
     table = build_table(rows)
     for ext in ("md", "tex", "csv"):
         write_table(table, output / f"table.{ext}")
@@ -298,7 +308,7 @@ def _row_name(ab: AblationConfig, p: Point) -> str:
 
 
 def describe(ab: AblationConfig, work: Path, seconds_per_step: float) -> str:
-    """--dry-run: the plan and an estimate from a measured training step time."""
+    """--dry-run: the plan and an estimate from a measured training step's CPU time."""
     lines, total = [], 0.0
     for p in plan(ab, work):
         steps = p.train.steps if p.train is not None else (ab.dpo.get("steps", 0) if ab.kind == "dpo" else 0)
@@ -307,9 +317,9 @@ def describe(ab: AblationConfig, work: Path, seconds_per_step: float) -> str:
         lines.append(f"{p.label:>24}: data n={p.data.n} diversity={p.data.diversity or 'all'} "
                      f"{p.resolution}px, train {steps} steps" + (" (snapshot)" if p.train is None else ""))
     seeds = len(ab.seeds)
-    lines.append(f"student {ab.student}, seeds {ab.seeds}: estimated training time {seeds * total / 60:.1f} min "
-                 f"({seeds} × {total / 60:.1f}; measured {seconds_per_step:.2f} s/step at 32 px; plus distillation "
-                 "and evaluation)")
+    lines.append(f"student {ab.student}, seeds {ab.seeds}: estimated training CPU time {seeds * total / 60:.1f} min "
+                 f"({seeds} × {total / 60:.1f}; measured {seconds_per_step:.2f} CPU s/step at 32 px; plus "
+                 "distillation and evaluation)")
     return "\n".join(lines)
 
 

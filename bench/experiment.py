@@ -116,6 +116,13 @@ def evaluate(pipeline: Path, outdir: Path, spec: EvalSpec, prompts_file: Path = 
     run = score(outdir / "images", get_detector("testbed"), get_color_classifier("testbed"), prompts=prompts,
                 results=outdir / "results.jsonl", n_samples=spec.n_samples, num_workers=0, progress=False)
     summary = {**run.summary, "pipeline": str(pipeline), "eval": asdict(spec), "generate_s": gen_s}
+    if Path(prompts_file) == TESTBED_PROMPTS:  # the prompts with held-out combinations, scored on their own
+        from bench.geneval.summary import read_results, summarize
+        from bench.testbed.prompts import heldout_rows
+
+        held = heldout_rows(read_results(run.results))
+        if held:
+            summary["heldout"] = summarize(held)
     if spec.fid:
         summary["fid"] = teacher_fid(outdir / "images", prompts, spec)
     write_text(summary_file, json.dumps(summary, indent=2))

@@ -173,8 +173,10 @@ def perf_train(config: LightGenConfig, batch: int, resolution: int, device: torc
 
 
 def student_step_seconds(cfg, iters: int = 2) -> float:
-    """Median seconds of one CPU training step of `cfg`'s student (a `TrainConfig`: its loss, backward and
-    AdamW at its batch size and precision) on a synthetic cache of its shapes, for --dry-run estimates."""
+    """Median CPU seconds (process time, all threads) of one training step of `cfg`'s student (a
+    `TrainConfig`: its loss, backward and AdamW at its batch size and precision) on a synthetic cache of
+    its shapes, for --dry-run estimates. CPU time, not wall time: on a shared machine the wall time says
+    more about the other jobs than about the step; with one thread it is the step's time on an idle core."""
     import tempfile
 
     from PIL import Image
@@ -207,7 +209,13 @@ def student_step_seconds(cfg, iters: int = 2) -> float:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        return _timed(step, iters, warmup=1, device=torch.device("cpu"))
+        step()  # warm-up
+        times = []
+        for _ in range(iters):
+            t0 = time.process_time()
+            step()
+            times.append(time.process_time() - t0)
+        return sorted(times)[len(times) // 2]
 
 
 def perf_sample(config: LightGenConfig, batch: int, resolution: int, device: torch.device, steps: int,

@@ -53,6 +53,7 @@ class UNetStudentConfig:
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"  # "epsilon" | "v_prediction"
+    snr_gamma: float | None = None  # Min-SNR loss weighting (diffusers' training scripts' --snr_gamma)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "unet") -> "UNetStudentConfig":
@@ -152,8 +153,8 @@ class UNetStudent:
 
     def loss(self, model, batch, **_) -> tuple[torch.Tensor, dict[str, float]]:
         """diffusers' text-to-image objective: MSE between the UNet's prediction and ε (or v) at a uniform
-        timestep; the caption is replaced by the empty prompt's states with probability `text_drop_prob`
-        (of the LightGen config, as for LightGen's null condition)."""
+        timestep (Min-SNR weighted with `snr_gamma`); the caption is replaced by the empty prompt's states
+        with probability `text_drop_prob` (of the LightGen config, as for LightGen's null condition)."""
         moments, text = batch
         x0 = config_latents(moments, self.config)
         noise = torch.randn_like(x0)
@@ -163,7 +164,14 @@ class UNetStudent:
         noisy = self.scheduler.add_noise(x0, noise, t)
         target = noise if self.unet.prediction_type == "epsilon" else self.scheduler.get_velocity(x0, noise, t)
         pred = model(noisy, t, encoder_hidden_states=text).sample[:, :x0.shape[1]]
-        return F.mse_loss(pred.float(), target.float()), {}
+        if self.unet.snr_gamma is None:
+            return F.mse_loss(pred.float(), target.float()), {}
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(self.scheduler, t)  # min(SNR, γ) / SNR for ε, / (SNR + 1) for v, as diffusers' scripts
+        weight = snr.clamp(max=self.unet.snr_gamma) / (snr if self.unet.prediction_type == "epsilon" else snr + 1)
+        per_image = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        return (per_image * weight).mean(), {}
 
     def export(self, path: Path, model: torch.nn.Module, ema: list[torch.Tensor], cache: FeatureCache) -> Path:
         """An IFPipeline directory sampling with the EMA weights; written beside `path` and renamed, so a

@@ -142,7 +142,7 @@ def test_ablation_dry_run_prints_plan_and_estimate(tmp_path):
     result = CliRunner().invoke(main, ["ablate", "diversity", "--config", str(cfg), "--dry-run",
                                        "--work", str(tmp_path / "w")])
     assert result.exit_code == 0, result.output
-    assert "d48: data n=96 diversity=48" in result.output and "estimated training time" in result.output
+    assert "d48: data n=96 diversity=48" in result.output and "estimated training CPU time" in result.output
     assert "student lightgen, seeds [0]" in result.output
     assert not (tmp_path / "w").exists()
 

@@ -144,3 +144,21 @@ def test_bad_unet_student_configs(cache77, tmp_path, change, match):
     raw = {**{k: v for k, v in _cfg(tmp_path, cache77).__dict__.items() if k != "betas"}, **change}
     with pytest.raises(InputError, match=match):
         train(TrainConfig.from_dict(raw))
+
+
+def test_min_snr_weighting_is_diffusers_formula(cache77):
+    """snr_gamma above every SNR weighs nothing (plain ε-MSE); a small one down-weights low-noise steps."""
+    from lightgen.unet_student import UNetStudent
+
+    config = LightGenConfig.from_preset("testbed", **TEXT)
+    cache = FeatureCache(cache77)
+    rows = [cache[i] for i in range(8)]
+    batch = (torch.stack([r.moments for r in rows]), torch.stack([r.text for r in rows]))
+    losses = {}
+    for gamma in (None, 1e12, 1.0):
+        student = UNetStudent(config, UNetStudentConfig.from_dict({**UNET, "snr_gamma": gamma}), 32, cache)
+        torch.manual_seed(0)
+        model = student.build()
+        torch.manual_seed(1)
+        losses[gamma] = student.loss(model, batch)[0].item()
+    assert losses[1e12] == pytest.approx(losses[None], rel=1e-6) and losses[1.0] < losses[None]

@@ -41,14 +41,15 @@ Examples:
   lightgen-bench ablate data-scale --config eval_configs/ablations/data-scale.yaml
   lightgen-bench ablate diversity --config eval_configs/ablations/diversity.yaml --dry-run
   lightgen-bench ablate steps --config eval_configs/ablations/steps.yaml --launcher accelerate
+  lightgen-bench ablate steps --config eval_configs/ablations/steps-unet.yaml --threads 1   # the UNet student
   lightgen-bench ablate guidance --threads 1
 """)
 @click.argument("kind", type=click.Choice(["data-scale", "diversity", "steps", "resolution", "dpo", "guidance"]))
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Ablation config (default: eval_configs/ablations/KIND.yaml).")
 @click.option("--output", default=None, help="Results folder (default: WORK/results; the committed one is "
-              "results/testbed/KIND).")
-@click.option("--work", default=None, help="Data, caches, checkpoints (default: runs/ablate/KIND).")
+              "results/testbed/<config name>).")
+@click.option("--work", default=None, help="Data, caches, checkpoints (default: runs/ablate/<config name>).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and an estimated time, run nothing.")
 @click.option("--launcher", type=click.Choice(["local", "accelerate"]), default="local", show_default=True,
               help="'accelerate': each training runs under `accelerate launch` (several processes/GPUs).")
@@ -59,8 +60,9 @@ def ablate(command_line, kind, config_path, output, work, dry_run, launcher):
     from bench.ablate import AblationConfig, describe, measured_step_seconds, run_ablation
 
     root = Path(__file__).resolve().parents[2]
-    ab = AblationConfig.load(config_path or root / "eval_configs" / "ablations" / f"{kind}.yaml", kind)
-    work = Path(work or f"runs/ablate/{kind}")
+    config_path = Path(config_path or root / "eval_configs" / "ablations" / f"{kind}.yaml")
+    ab = AblationConfig.load(config_path, kind)
+    work = Path(work or f"runs/ablate/{config_path.stem}")
     if dry_run:
         click.echo(describe(ab, work, measured_step_seconds(ab)))
         return

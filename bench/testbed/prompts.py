@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.testbed.captions import SKILLS, universe
+from bench.testbed.captions import SKILLS, is_heldout, parse, universe
 from bench.testbed.world import SceneSpec
 
 PROMPTS_PATH = Path(__file__).resolve().parents[2] / "eval_configs" / "testbed" / "geneval_testbed.jsonl"
@@ -64,3 +64,9 @@ def write_prompts(path: Path | str = PROMPTS_PATH, seed: int = SEED) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in eval_prompts(seed)))
     return path
+
+
+def heldout_rows(rows: list[dict]) -> list[dict]:
+    """The result rows of prompts holding a combination no training caption contains (generalisation:
+    what caption diversity should buy); single-object and counting prompts have none."""
+    return [r for r in rows if is_heldout(parse(r["prompt"]))]
