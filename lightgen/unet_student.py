@@ -17,7 +17,7 @@ code load it without a special case. What IFPipeline hard-codes, and how the stu
     UNet has 2 × 3 output channels; the scheduler's fixed variance ignores the second half, which
     the loss does not train.
   * the scheduler must have `variance_type`: sampling uses DPMSolverMultistepScheduler (DPM-Solver++,
-    ~20-25 steps) built from the training DDPMScheduler's config.
+    ~20 steps, x0 clipped to the pixel range) built from the training DDPMScheduler's config.
   * safety checker, feature extractor and watermarker are optional components, left out.
 """
 from __future__ import annotations
@@ -101,9 +101,13 @@ def train_scheduler(unet: UNetStudentConfig):
 
 
 def sampling_scheduler(train: Any):
+    """DPM-Solver++ (2nd order) on the training schedule; the predicted x0 is clipped to the pixel range
+    [-1, 1] (dynamic thresholding with its ceiling at 1), as DDPM's `clip_sample` and LightGen's testbed
+    `clip_sample: 1.0` do."""
     from diffusers import DPMSolverMultistepScheduler
 
-    return DPMSolverMultistepScheduler.from_config(train.config, algorithm_type="dpmsolver++", solver_order=2)
+    return DPMSolverMultistepScheduler.from_config(train.config, algorithm_type="dpmsolver++", solver_order=2,
+                                                   thresholding=True, sample_max_value=1.0)
 
 
 def text_encoder_source(config: LightGenConfig, cache: FeatureCache) -> str:
