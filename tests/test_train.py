@@ -258,19 +258,18 @@ def test_train_cli_reports_unknown_key_with_exit_2(tmp_path):
     assert result.exit_code == 2 and "learning_rte" in result.output
 
 
-def test_sigkill_then_resume_is_bitwise_identical(tmp_path, caches):
-    """Kill a real `lightgen-bench train` process mid-run (SIGKILL), resume, compare with a clean run."""
-    config = {"model": MODEL, "cache": str(caches[0]), "batch_size": 4, "steps": 14, "save_every": 3,
-              "log_every": 1, "warmup_steps": 2, "ema_decay": 0.9}
+def killed_and_clean_runs(tmp_path, config: dict, kill_after: str, timeout: float = 180):
+    """Pipelines of a real `lightgen-bench train` run killed with SIGKILL once `kill_after` is checkpointed and
+    resumed with the same command, and of an uninterrupted run of the same config: (clean, resumed)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "bench.cli", "train", "--config"]
 
-    def run(name, kill_after=None):
+    def run(name, kill=False):
         cfg = tmp_path / f"{name}.yaml"
         cfg.write_text(yaml.safe_dump({**config, "out": str(tmp_path / name)}))
         proc = subprocess.Popen(cmd + [str(cfg)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if kill_after:
-            deadline = time.time() + 120
+        if kill:
+            deadline = time.time() + timeout
             while not (tmp_path / name / "checkpoints" / kill_after).exists():
                 assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
                 time.sleep(0.05)
@@ -281,7 +280,14 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, caches):
         assert proc.wait() == 0, proc.stderr.read().decode()[-2000:]
         return tmp_path / name / "pipeline"
 
-    clean, resumed = run("clean"), run("killed", kill_after="step-00000006")
+    return run("clean"), run("killed", kill=True)
+
+
+def test_sigkill_then_resume_is_bitwise_identical(tmp_path, caches):
+    """Kill a real `lightgen-bench train` process mid-run (SIGKILL), resume, compare with a clean run."""
+    config = {"model": MODEL, "cache": str(caches[0]), "batch_size": 4, "steps": 14, "save_every": 3,
+              "log_every": 1, "warmup_steps": 2, "ema_decay": 0.9}
+    clean, resumed = killed_and_clean_runs(tmp_path, config, "step-00000006")
     for name in ("model.safetensors", "model_ema.safetensors"):
         a, b = _weights(clean / name), _weights(resumed / name)
         assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,16 +1,10 @@
 """The UNet peer student: same text states, the trainer's machinery (bitwise resume after SIGKILL),
 an IFPipeline export that GenEval's diffusers route scores with no special case."""
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from click.testing import CliRunner
 
 from bench.cli import main
@@ -21,7 +15,7 @@ from lightgen.errors import InputError
 from lightgen.pipeline import build_text_encoder
 from lightgen.train import TrainConfig, train
 from lightgen.unet_student import IF_MAX_LENGTH, UNetStudentConfig
-from tests.test_train import CAPTIONS, MODEL, _records, _weights
+from tests.test_train import CAPTIONS, MODEL, _records, _weights, killed_and_clean_runs
 
 TEXT = {**MODEL, "max_length": IF_MAX_LENGTH}
 UNET = {"block_out_channels": [8, 16], "attention_levels": [1], "attention_head_dim": 4, "norm_num_groups": 4,
@@ -99,27 +93,9 @@ def test_unet_student_sigkill_then_resume_is_bitwise_identical(cache77, tmp_path
     """As the LightGen trainer's test: kill a real `lightgen-bench train` of the UNet student mid-run."""
     config = {"student": "unet", "model": TEXT, "unet": UNET, "cache": str(cache77), "batch_size": 4, "steps": 10,
               "save_every": 3, "log_every": 1, "warmup_steps": 2, "ema_decay": 0.9, "lr": 1e-3}
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-    def run(name, kill_after=None):
-        cfg = tmp_path / f"{name}.yaml"
-        cfg.write_text(yaml.safe_dump({**config, "out": str(tmp_path / name)}))
-        proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "train", "--config", str(cfg)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if kill_after:
-            deadline = time.time() + 180
-            while not (tmp_path / name / "checkpoints" / kill_after).exists():
-                assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
-                time.sleep(0.05)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            assert not (tmp_path / name / "pipeline").exists()
-            return run(name)
-        assert proc.wait() == 0, proc.stderr.read().decode()[-2000:]
-        return tmp_path / name / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"
-
-    clean, resumed = _weights(run("clean")), _weights(run("killed", kill_after="step-00000006"))
-    assert all(torch.equal(clean[k], resumed[k]) for k in clean)
+    clean, resumed = (_weights(p / "unet" / "diffusion_pytorch_model.safetensors")
+                      for p in killed_and_clean_runs(tmp_path, config, "step-00000006"))
+    assert clean.keys() == resumed.keys() and all(torch.equal(clean[k], resumed[k]) for k in clean)
 
 
 def test_multi_stage_init_from_a_unet_pipeline(cache77, tmp_path):
