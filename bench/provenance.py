@@ -1,7 +1,9 @@
-"""What every result file records about how it was made: the command, package versions, git commit, wall time."""
+"""What every result file records about how it was made: the command, package versions, git commit, wall and CPU
+time."""
 from __future__ import annotations
 
 import platform
+import resource
 import subprocess
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -44,6 +46,9 @@ def environment() -> dict:
 
 
 def run_record(command: list[str], config: dict, started: float) -> dict:
-    """A results folder's `run.json`: the command line, config, versions, git commit, wall time."""
+    """A results folder's `run.json`: the command line, config, versions, git commit, wall and CPU time (the
+    CPU time says what a run costs on a shared machine, where its wall time depends on the other jobs)."""
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     return {"command": " ".join(command), "config": config, "wall_s": time.perf_counter() - started,
+            "cpu_s": sum(u.ru_utime + u.ru_stime for u in usage),  # this process and its finished children
             "python": platform.python_version(), **environment()}
