@@ -131,8 +131,8 @@ def plan(ab: AblationConfig, work: Path, seed: int = 0) -> list[Point]:
         points.append(Point(f"r{high}-scratch", high, dataclasses.replace(base, resolution=high), scratch,
                             resolution=high, extra={"stage": f"{high} px, {steps} steps from scratch (equal compute)"}))
     elif ab.kind == "dpo":
-        points.append(Point("before-dpo", 0.0, base, train("kd", resolution=base.resolution), resolution=base.resolution,
-                            extra={"beta": None}))
+        kd = train("kd", resolution=base.resolution)
+        points.append(Point("before-dpo", 0.0, base, kd, resolution=base.resolution, extra={"beta": None}))
         for beta in ab.points:
             points.append(Point(f"beta{beta:g}", float(beta), base, None, resolution=base.resolution,
                                 extra={"beta": float(beta)}))
@@ -161,7 +161,8 @@ def run_ablation(ab: AblationConfig, output: Path, work: Path, command: list[str
     `output`."""
     started = time.perf_counter()
     runs = {seed: _run_seed(ab, output, work, seed, launcher) for seed in ab.seeds}
-    results = [(p, _combined(ab, p, [runs[seed][i] for seed in ab.seeds], output)) for i, p in enumerate(plan(ab, work))]
+    results = [(p, _combined(ab, p, [runs[seed][i] for seed in ab.seeds], output))
+               for i, p in enumerate(plan(ab, work))]
     write_outputs(ab, results, output)
     record = run_record(command, dataclasses.asdict(ab), started)
     write_text(output / "run.json", json.dumps(record, indent=2, default=str))
@@ -213,7 +214,8 @@ def _combined(ab: AblationConfig, p: Point, per_seed: list[dict], output: Path) 
     summary = combine_runs(per_seed)
     fids = [s["fid"]["fid"] for s in per_seed if s.get("fid")]
     if fids:
-        summary["fid"] = {"fid": sum(fids) / len(fids), "per_seed": fids, "extractor": per_seed[0]["fid"].get("extractor")}
+        summary["fid"] = {"fid": sum(fids) / len(fids), "per_seed": fids,
+                          "extractor": per_seed[0]["fid"].get("extractor")}
     if all("heldout" in s for s in per_seed):
         summary["heldout"] = combine_runs([s["heldout"] for s in per_seed])
     probes = [s["probe"] for s in per_seed if "probe" in s]
@@ -253,12 +255,14 @@ def write_outputs(ab: AblationConfig, results: list[tuple[Point, dict]], output:
     params = f"{parameter_count(train_config(ab.train_config, ab.train)) / 1e6:.1f}M"
     rows = []
     for p, s in results:
-        name, data = s.get("row_name") or _row_name(ab, p), f"{p.data.n:,} renders, {p.data.diversity or 'all'} captions"
+        name = s.get("row_name") or _row_name(ab, p)
+        data = f"{p.data.n:,} renders, {p.data.diversity or 'all'} captions"
         rows.append(result_row(s, name, params=params, data=data, resolution=p.resolution,
                                source=f"ours: testbed detector, {p.resolution} px, {_sample_count(s)}"))
         if ab.kind == "diversity" and s.get("heldout"):  # generalisation: the held-out-combination prompts alone
             held = {**s["heldout"], "seeds": s.get("seeds", [0])}
-            rows.append(result_row(held, f"{name}: held-out prompts", params=params, data=data, resolution=p.resolution,
+            rows.append(result_row(held, f"{name}: held-out prompts", params=params, data=data,
+                                   resolution=p.resolution,
                                    source=f"ours: held-out combinations only, {_sample_count(held)}"))
     table = build_table(rows)
     for ext in ("md", "tex", "csv"):

@@ -101,7 +101,8 @@ def score_fields(summary: Mapping, where: str = "summary") -> dict[str, float]:
         scores["overall"] = float(summary["overall"])
         cis = {t: tasks[t].get("ci") for t in SCORES if t in tasks}
         cis["overall"] = summary.get("overall_ci")
-        scores |= {f"{t}_ci_{end}": float(ci[i]) for t, ci in cis.items() if ci for i, end in enumerate(("low", "high"))}
+        scores |= {f"{t}_ci_{end}": float(ci[i]) for t, ci in cis.items() if ci
+                   for i, end in enumerate(("low", "high"))}
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise InputError(f"{where}: expected `overall` and a numeric `score` (and `ci` [low, high]) per task "
                          f"({e!r})") from None
@@ -230,7 +231,8 @@ def line_plot(data: pd.DataFrame | pd.Series, x: str | None, ys: Sequence[str] |
     """Fig. 6-style curves (score vs data scale, diversity, steps, β, ...) to one PNG, written atomically.
 
     `x` is a column (None: the index); `ys` are columns, tag keys or display names (None: every
-    numeric column); a y with columns `<y>_ci_low` and `<y>_ci_high` gets error bars to those ends. Numeric x is sorted, so points appended as they finish still draw as a curve.
+    numeric column); a y with columns `<y>_ci_low` and `<y>_ci_high` gets error bars to those ends. Numeric x
+    is sorted, so points appended as they finish still draw as a curve.
     `symlogy`: symmetric-log y axis, linear within ± this value (quantities spanning decades, any sign).
     """
     from matplotlib.figure import Figure  # no pyplot: renders with Agg, no global backend state

@@ -60,9 +60,11 @@ class UNetStudentConfig:
         cfg = cls(**check_known(raw, cls, source))
         levels = len(cfg.block_out_channels)
         if not all(0 <= a < levels for a in cfg.attention_levels):
-            raise InputError(f"{source}: attention_levels: expected levels in [0, {levels}), got {cfg.attention_levels}")
+            raise InputError(f"{source}: attention_levels: expected levels in [0, {levels}), got "
+                             f"{cfg.attention_levels}")
         if cfg.prediction_type not in ("epsilon", "v_prediction"):
-            raise InputError(f"{source}: prediction_type: expected epsilon or v_prediction, got {cfg.prediction_type!r}")
+            raise InputError(f"{source}: prediction_type: expected epsilon or v_prediction, got "
+                             f"{cfg.prediction_type!r}")
         if any(c % cfg.norm_num_groups for c in cfg.block_out_channels):
             raise InputError(f"{source}: norm_num_groups: {cfg.norm_num_groups} must divide every block_out_channels "
                              f"entry {cfg.block_out_channels}")

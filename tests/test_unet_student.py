@@ -30,9 +30,9 @@ def cache77(tmp_path_factory):
 
 
 def _cfg(tmp_path, cache, **kw):
-    return TrainConfig(**{"student": "unet", "model": TEXT, "unet": UNET, "cache": str(cache), "out": str(tmp_path / "run"),
-                          "batch_size": 4, "steps": 4, "lr": 1e-3, "save_every": 2, "log_every": 1, "warmup_steps": 2,
-                          "ema_decay": 0.9, **kw})
+    return TrainConfig(**{"student": "unet", "model": TEXT, "unet": UNET, "cache": str(cache),
+                          "out": str(tmp_path / "run"), "batch_size": 4, "steps": 4, "lr": 1e-3, "save_every": 2,
+                          "log_every": 1, "warmup_steps": 2, "ema_decay": 0.9, **kw})
 
 
 def test_text_states_are_the_lightgen_presets(cache77, tmp_path):

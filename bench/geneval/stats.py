@@ -139,9 +139,9 @@ def paired_difference(a: Sequence[PromptCounts], b: Sequence[PromptCounts], boot
             for runs in (a, b)]
     diff = reps[0] - reps[1]
     pa, pb = point_scores(a), point_scores(b)
-    task = lambda i, t: {"a": pa[t], "b": pb[t], "diff": pa[t] - pb[t], "ci": _interval(diff[:, i], boot.level)}  # noqa: E731
     overall = diff.mean(axis=1)
-    return {"tasks": {t: task(i, t) for i, t in enumerate(tags)},
+    return {"tasks": {t: {"a": pa[t], "b": pb[t], "diff": pa[t] - pb[t], "ci": _interval(diff[:, i], boot.level)}
+                      for i, t in enumerate(tags)},
             "overall": {"a": pa["overall"], "b": pb["overall"], "diff": pa["overall"] - pb["overall"],
                         "ci": _interval(overall, boot.level), "p_not_better": float((overall <= 0).mean())},
             "prompts": sum(len(p) for p in prompts.values()), "runs": [len(a), len(b)],
