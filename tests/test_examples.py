@@ -107,6 +107,17 @@ NOT_RUN = {
     "lightgen-bench perf --preset testbed --what sample --batch 64 --steps 16": LONG,
     "lightgen-bench perf --preset testbed --what train --batch 64 --output results/perf/cpu_train.json": LONG,
     "lightgen-bench perf --what fid": LONG,
+    "lightgen-bench ablate steps --config eval_configs/ablations/steps-unet-curve.yaml --threads 1": LONG,
+    "lightgen-bench ablate steps --config eval_configs/ablations/steps-unet.yaml --threads 1": LONG,
+    "lightgen-bench cache data/t2i --out data/t2i.cache77 --config eval_configs/train/testbed_unet.yaml":
+        "the UNet chain needs data/t2i from the README's distil example (the UNet trainer: test_unet_student)",
+    "lightgen-bench train --config eval_configs/train/testbed_unet.yaml --set cache=data/t2i.cache77": LONG,
+    "lightgen-bench geneval --pipeline runs/unet/pipeline --detector testbed --steps 20 --guidance-scale 4 "
+    "--outdir runs/g-unet": "needs a trained UNet (test_unet_student scores one through geneval --pipeline)",
+    "lightgen-bench compare results/testbed/dpo/points/beta500 results/testbed/dpo/points/before-dpo --output d.json":
+        "needs the DPO ablation rerun with per-prompt counts (compare: test_geneval_stats)",
+    "lightgen-bench compare runs/dpo-eval runs/kd-eval": "placeholders for two scored folders (compare: test_geneval_stats)",
+    "lightgen-bench compare runs/geneval-ours runs/sd21": "needs SD 2.1 images (compare: test_geneval_stats)",
     "lightgen-bench perf --official ../LightGen --set pos_grid=16 --set clip_sample=null --threads 1":
         "needs a checkout of the official LightGen code (the loader is tested on a fake checkout in test_official)",
     "lightgen-bench convert-geneval-detector mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco_20220504_001756-743b7d99.pth "
