@@ -118,6 +118,11 @@ NOT_RUN = {
         "needs the DPO ablation rerun with per-prompt counts (compare: test_geneval_stats)",
     "lightgen-bench compare runs/dpo-eval runs/kd-eval": "placeholders for two scored folders (compare: test_geneval_stats)",
     "lightgen-bench compare runs/geneval-ours runs/sd21": "needs SD 2.1 images (compare: test_geneval_stats)",
+    "lightgen-bench probe-kd curve --name testbed-small --steps 750 --every 250 --threads 1 --work runs/kd-probes "
+    "--output results/testbed/kd-probes/results.jsonl": LONG,
+    "lightgen-bench probe-kd curve --name testbed-small-eps-abs --set model.prediction=epsilon "
+    "--set model.rel_pos_bias=false --steps 750 --every 250 --threads 1 --work runs/kd-probes "
+    "--output results/testbed/kd-probes/results.jsonl": LONG,
     "lightgen-bench perf --official ../LightGen --set pos_grid=16 --set clip_sample=null --threads 1":
         "needs a checkout of the official LightGen code (the loader is tested on a fake checkout in test_official)",
     "lightgen-bench convert-geneval-detector mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco_20220504_001756-743b7d99.pth "
