@@ -23,7 +23,7 @@ import torch
 from bench.config import train_config
 from bench.experiment import DataSpec, EvalSpec, cached, distilled, evaluate, run_training
 from bench.provenance import run_record
-from lightgen.files import write_text
+from lightgen.files import atomic_write, write_text
 
 KINDS = ("curve", "sincos", "grid", "copy")
 KD_CONFIG = "eval_configs/train/testbed_kd.yaml"
@@ -87,9 +87,7 @@ def plot_curves(records: list[dict], path: Path) -> None:
         ax.set(xlabel="training CPU minutes", ylabel=label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 def copy_task(lr: float, head_lr: float, steps: int = 300, every: int = 25, seed: int = 0, probe_n: int = 128) -> dict:
@@ -146,6 +144,6 @@ def run_probe(kind: str, work: Path, output: Path, command: list[str], curve: di
     old = output.read_text() if output.is_file() else ""
     write_text(output, old + json.dumps(record) + "\n")
     if kind == "curve":
-        curves = [r for r in map(json.loads, (old + json.dumps(record)).splitlines()) if r["kind"] == "curve"]
+        curves = [r for r in [*map(json.loads, old.splitlines()), record] if r["kind"] == "curve"]
         plot_curves(curves, output.parent / "curves.png")
     return record
