@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from lightgen.errors import InputError
+from lightgen.errors import InputError, check_known
 from lightgen.files import read_yaml
 
 if TYPE_CHECKING:
@@ -58,7 +58,8 @@ def load_train_config(path: str | Path, overrides: tuple[str, ...] = ()) -> Trai
     """A training config file with `--set` overrides."""
     from lightgen.train import TrainConfig  # torch: imported when a command needs it, not at CLI start
 
-    raw = merge(read_yaml(path, "training config"), parse_overrides(overrides))
+    layer = check_known(parse_overrides(overrides), TrainConfig, "--set")  # blame the flag, not the file
+    raw = merge(read_yaml(path, "training config"), layer)
     return TrainConfig.from_dict(resolve_vocab(raw), str(path))
 
 

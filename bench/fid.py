@@ -252,6 +252,14 @@ def load_stats(source: Source, extractor: str | nn.Module | Callable[[], nn.Modu
     return stats
 
 
+def _first_image_size(source: Source) -> tuple[int, int] | None:
+    """The size of an image folder's first image (None for statistics, tensors or image lists)."""
+    if not (isinstance(source, (str, os.PathLike)) and Path(source).is_dir()):
+        return None
+    with Image.open(list_images(source)[0]) as im:
+        return im.size
+
+
 def fid(a: Source, b: Source, extractor: str | nn.Module = "clean", *, kid: bool = False,
         cache_dir: str | os.PathLike | None = CACHE_DIR, resolution: int | None = None, num: int | None = None,
         batch_size: int = 32, num_workers: int = 0, device: str | None = None) -> dict:
@@ -263,6 +271,10 @@ def fid(a: Source, b: Source, extractor: str | nn.Module = "clean", *, kid: bool
     sa, sb = (load_stats(s, build, name, kid=kid, cache_dir=cache_dir, **kw) for s in (a, b))
     out = {"fid": frechet_distance(sa["mu"], sa["sigma"], sb["mu"], sb["sigma"]), "n_a": int(sa["n"]),
            "n_b": int(sb["n"]), "extractor": name or type(extractor).__name__, "resolution": resolution}
+    sizes = [_first_image_size(s) for s in (a, b)]
+    if resolution is None and None not in sizes and sizes[0] != sizes[1]:
+        out["warning"] = (f"images of different sizes ({sizes[0][0]}x{sizes[0][1]} vs {sizes[1][0]}x{sizes[1][1]}) "
+                          f"compared without --resolution: the FID then also measures the resize")
     if kid:
         out["kid"], out["kid_std"] = kernel_distance(sa["feats"], sb["feats"])
     return out

@@ -9,6 +9,7 @@ samples are skipped, and every file is written to a temporary name and renamed i
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -189,6 +190,13 @@ class T2IFolder(Dataset):
         return (self.transform(image) if self.transform else image), self.caption(i)
 
 
+def _has_caption_cleaner() -> bool:
+    """Whether IF-style pipelines' `clean_caption` can run (it needs beautifulsoup4 and ftfy)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("bs4", "ftfy"))
+
+
 class SeededPipeline:
     """A diffusers-style text-to-image pipeline as a `Teacher`: a diffusers hub id or local path, or an object
     called as `pipe(prompt=[...], generator=[...]).images` (a diffusers pipeline, a `LightGenPipeline`).
@@ -213,6 +221,9 @@ class SeededPipeline:
         self.pipe = pipe.to(device)
         if hasattr(self.pipe, "set_progress_bar_config"):  # diffusers' per-call progress bars
             self.pipe.set_progress_bar_config(disable=True)
+        if "clean_caption" in inspect.signature(self.pipe.__call__).parameters and not _has_caption_cleaner():
+            # DeepFloyd IF-style pipelines fall back to raw captions without bs4/ftfy, with a warning per call
+            call_kwargs.setdefault("clean_caption", False)
         self.name, self.device, self.call_kwargs = name, device, call_kwargs
         self.resolution = call_kwargs.get("height")
 

@@ -326,8 +326,8 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    config, caches = _open_caches(cfg)  # before `out` is made: a bad cache leaves no empty run folder
     out = writable_dir(cfg.out, "out")
-    config, caches = _open_caches(cfg)
     AcceleratorState._reset_state()  # a process may run several trainings with different precisions
     device = "cuda" if torch.cuda.is_available() else "cpu"
     acc = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision, device),

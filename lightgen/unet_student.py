@@ -50,9 +50,12 @@ class UNetStudentConfig:
     attention_levels: list[int] = field(default_factory=lambda: [1, 2])  # 0 = full resolution
     attention_head_dim: int = 32
     norm_num_groups: int = 8
+    mid_block_type: str = "UNetMidBlock2DCrossAttn"  # or "UNetMidBlock2D" (no attention)
+    addition_embed_type: str | None = None  # "text": the caption attention-pooled into the time embedding (IF)
+    resnet_time_scale_shift: str = "default"  # "scale_shift": the embedding scales and shifts (IF), not adds
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
-    prediction_type: str = "epsilon"  # "epsilon" | "v_prediction"
+    prediction_type: str = "epsilon"  # "epsilon" | "v_prediction" | "sample" (x0)
     snr_gamma: float | None = None  # Min-SNR loss weighting (diffusers' training scripts' --snr_gamma)
 
     @classmethod
@@ -62,8 +65,8 @@ class UNetStudentConfig:
         if not all(0 <= a < levels for a in cfg.attention_levels):
             raise InputError(f"{source}: attention_levels: expected levels in [0, {levels}), got "
                              f"{cfg.attention_levels}")
-        if cfg.prediction_type not in ("epsilon", "v_prediction"):
-            raise InputError(f"{source}: prediction_type: expected epsilon or v_prediction, got "
+        if cfg.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise InputError(f"{source}: prediction_type: expected epsilon, v_prediction or sample, got "
                              f"{cfg.prediction_type!r}")
         if any(c % cfg.norm_num_groups for c in cfg.block_out_channels):
             raise InputError(f"{source}: norm_num_groups: {cfg.norm_num_groups} must divide every block_out_channels "
@@ -90,9 +93,10 @@ def build_unet(config: LightGenConfig, unet: UNetStudentConfig, resolution: int)
     return UNet2DConditionModel(
         sample_size=resolution, in_channels=config.latent_channels, out_channels=2 * config.latent_channels,
         block_out_channels=tuple(unet.block_out_channels), layers_per_block=unet.layers_per_block,
-        down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DCrossAttn",
+        down_block_types=down, up_block_types=up,
         cross_attention_dim=config.caption_channels, attention_head_dim=unet.attention_head_dim,
-        norm_num_groups=unet.norm_num_groups)
+        norm_num_groups=unet.norm_num_groups, mid_block_type=unet.mid_block_type,
+        addition_embed_type=unet.addition_embed_type, resnet_time_scale_shift=unet.resnet_time_scale_shift)
 
 
 def train_scheduler(unet: UNetStudentConfig):
@@ -168,14 +172,16 @@ class UNetStudent:
         drop = torch.rand(x0.shape[0], device=x0.device) < self.config.text_drop_prob
         text = torch.where(drop[:, None, None], self.null_text.to(text), text)
         noisy = self.scheduler.add_noise(x0, noise, t)
-        target = noise if self.unet.prediction_type == "epsilon" else self.scheduler.get_velocity(x0, noise, t)
+        target = {"epsilon": noise, "sample": x0}.get(self.unet.prediction_type)
+        target = self.scheduler.get_velocity(x0, noise, t) if target is None else target
         pred = model(noisy, t, encoder_hidden_states=text).sample[:, :x0.shape[1]]
         if self.unet.snr_gamma is None:
             return F.mse_loss(pred.float(), target.float()), {}
         from diffusers.training_utils import compute_snr
 
-        snr = compute_snr(self.scheduler, t)  # min(SNR, γ) / SNR for ε, / (SNR + 1) for v, as diffusers' scripts
-        weight = snr.clamp(max=self.unet.snr_gamma) / (snr if self.unet.prediction_type == "epsilon" else snr + 1)
+        snr = compute_snr(self.scheduler, t)  # min(SNR, γ) / SNR for ε, / (SNR + 1) for v (diffusers' scripts), / 1 for x0
+        weight = snr.clamp(max=self.unet.snr_gamma) / {"epsilon": snr, "v_prediction": snr + 1}.get(
+            self.unet.prediction_type, 1.0)
         per_image = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         return (per_image * weight).mean(), {}
 

@@ -107,7 +107,7 @@ NOT_RUN = {
     "lightgen-bench perf --preset testbed --what sample --batch 64 --steps 16": LONG,
     "lightgen-bench perf --preset testbed --what train --batch 64 --output results/perf/cpu_train.json": LONG,
     "lightgen-bench perf --what fid": LONG,
-    "lightgen-bench ablate steps --config eval_configs/ablations/steps-unet-curve.yaml --threads 1": LONG,
+    "lightgen-bench ablate steps --config eval_configs/ablations/steps-unet-2core.yaml --threads 1": LONG,
     "lightgen-bench ablate steps --config eval_configs/ablations/steps-unet.yaml --threads 1": LONG,
     "lightgen-bench cache data/t2i --out data/t2i.cache77 --config eval_configs/train/testbed_unet.yaml":
         "the UNet chain needs data/t2i from the README's distil example (the UNet trainer: test_unet_student)",

@@ -158,3 +158,13 @@ def test_testbed_extractor_end_to_end(tmp_path):
     assert fid(a, b, tiny, cache_dir=tmp_path / "cache")["fid"] > 0
     assert len(list((tmp_path / "cache").glob(f"{tiny.name}_*.npz"))) == 2
     assert extractor_name("testbed") == f"testbed-scenenet-{Recipe().key()}"  # cache key follows the recipe
+
+
+def test_folders_of_different_image_sizes_are_flagged(tmp_path):
+    """A 32-px folder against a 64-px one compares resizes as much as content: the result (and the CLI, on
+    stderr) says so unless `--resolution` puts both on one size."""
+    a = image_folder(tmp_path / "a", 6, 0, size=(32, 32))
+    b = image_folder(tmp_path / "b", 6, 1, size=(64, 64))
+    assert "32x32 vs 64x64" in fid(a, b, Pooled(), cache_dir=None)["warning"]
+    assert "warning" not in fid(a, b, Pooled(), cache_dir=None, resolution=32)
+    assert "warning" not in fid(a, image_folder(tmp_path / "c", 6, 2, size=(32, 32)), Pooled(), cache_dir=None)

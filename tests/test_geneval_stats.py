@@ -152,6 +152,7 @@ def test_compare_cli_paired_difference_and_errors(tmp_path):
     d = json.loads(out.read_text())
     expected = paired_difference([prompt_counts(rows_for(dpo))], [prompt_counts(rows_for(kd))] * 2)
     assert d["overall"] == expected["overall"] and d["runs"] == [1, 2] and d["scorer"]["detector"] == "testbed"
+    assert d["provenance"]["command"].startswith("lightgen-bench compare") and "git_commit" in d["provenance"]
     assert d["overall"]["diff"] > 0 and d["overall"]["ci"][0] > 0  # DPO only adds correct positions here
     assert f"{d['overall']['diff']:+7.3f}  [{d['overall']['ci'][0]:+.3f}" in r.output
     other = _write(tmp_path / "other.jsonl", rows_for({"position": kd["position"][:5]}))

@@ -242,7 +242,7 @@ def test_bad_inputs_fail_before_training(tmp_path, caches):
         (tmp_path / "file").write_text("x")
         ro = tmp_path / "file" / "sub"
     with pytest.raises(InputError, match="not a writable directory"):
-        train(TrainConfig(model=MODEL, cache=str(caches[0]), out=str(ro / "run")))
+        train(TrainConfig(model=MODEL, cache=str(caches[0]), out=str(ro / "run"), batch_size=4))
     other = _cfg(tmp_path / "other", caches[0])
     other.steps = 2
     train(other)
@@ -305,3 +305,11 @@ def test_dotted_set_overrides_merge_into_the_model_section(tmp_path):
     assert isinstance(cfg.model["text_vocab"], list) and cfg.model_config().rel_pos_bias  # the preset's option kept
     with pytest.raises(InputError, match="used as a section"):
         parse_overrides(("model=3", "model.width=8"))
+    with pytest.raises(InputError, match=r"^--set: unknown key\(s\) \['stepz'\]"):  # the flag is blamed, not the file
+        load_train_config(path, ("stepz=10",))
+
+
+def test_a_run_without_a_cache_leaves_no_run_folder(tmp_path):
+    with pytest.raises(InputError, match="cache"):
+        train(TrainConfig(model=MODEL, out=str(tmp_path / "run"), steps=1))
+    assert not (tmp_path / "run").exists()

@@ -138,3 +138,53 @@ def test_min_snr_weighting_is_diffusers_formula(cache77):
         torch.manual_seed(1)
         losses[gamma] = student.loss(model, batch)[0].item()
     assert losses[1e12] == pytest.approx(losses[None], rel=1e-6) and losses[1.0] < losses[None]
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_loss_target_is_the_schedulers_for_each_prediction_type(cache77, prediction):
+    """An oracle UNet that knows the clean batch and answers in the scheduler's parametrisation (ε, v or x0)
+    has zero loss: the student trains exactly what the exported scheduler's `prediction_type` samples with."""
+    from types import SimpleNamespace
+
+    from lightgen.codecs import config_latents
+    from lightgen.unet_student import UNetStudent
+
+    config = LightGenConfig.from_preset("testbed", **TEXT)
+    cache = FeatureCache(cache77)
+    rows = [cache[i] for i in range(6)]
+    batch = (torch.stack([r.moments for r in rows]), torch.stack([r.text for r in rows]))
+    student = UNetStudent(config, UNetStudentConfig.from_dict({**UNET, "prediction_type": prediction}), 32, cache)
+    x0 = config_latents(batch[0], config)
+    abar = student.scheduler.alphas_cumprod
+
+    def oracle(noisy, t, encoder_hidden_states):
+        a, s = abar[t].sqrt()[:, None, None, None], (1 - abar[t]).sqrt()[:, None, None, None]
+        eps = (noisy - a * x0) / s
+        answer = {"epsilon": eps, "v_prediction": a * eps - s * x0, "sample": x0}[prediction]
+        return SimpleNamespace(sample=torch.cat([answer, torch.zeros_like(answer)], dim=1))
+
+    assert student.loss(oracle, batch)[0].item() < 1e-8
+    wrong = {"epsilon": "sample", "v_prediction": "epsilon", "sample": "epsilon"}[prediction]
+    student.unet.prediction_type = wrong  # the same oracle is wrong for another parametrisation
+    assert student.loss(oracle, batch)[0].item() > 1e-2
+
+
+def test_pooled_text_unet_has_no_attention_and_follows_the_caption(cache77, tmp_path):
+    """`addition_embed_type: text` with no attention levels and an attention-free mid block: the caption
+    reaches the UNet only through the pooled embedding (as DeepFloyd IF adds it), and the exported
+    IFPipeline samples different images for different prompts."""
+    from diffusers import DiffusionPipeline
+
+    pooled = {**UNET, "attention_levels": [], "mid_block_type": "UNetMidBlock2D", "addition_embed_type": "text",
+              "resnet_time_scale_shift": "scale_shift"}
+    final = train(_cfg(tmp_path, cache77, unet=pooled, lr=1e-2))
+    pipe = DiffusionPipeline.from_pretrained(str(final))
+    from diffusers.models.attention_processor import Attention
+
+    assert not any(isinstance(m, Attention) for m in pipe.unet.modules())
+    x, t = torch.randn(1, 3, 32, 32), torch.tensor([500])
+    states = pipe.encode_prompt(["a red circle", "a blue square"], do_classifier_free_guidance=False,
+                                device="cpu")[0]
+    with torch.no_grad():
+        out = [pipe.unet(x, t, encoder_hidden_states=s[None]).sample for s in states]
+    assert not torch.allclose(out[0], out[1])

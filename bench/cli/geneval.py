@@ -256,5 +256,7 @@ def fid_cmd(a, b, extractor, inception, resolution, num, batch_size, num_workers
     if kid:
         line += f"  KID {result['kid']:.6f} ± {result['kid_std']:.6f}"
     click.echo(line)
+    if "warning" in result:
+        click.echo(f"warning: {result['warning']}", err=True)
     if out:
         write_text(out, json.dumps(result, indent=2) + "\n")

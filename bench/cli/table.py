@@ -1,6 +1,8 @@
 """`lightgen-bench table`: our GenEval summaries beside the paper's rows, as markdown, LaTeX or CSV."""
 from __future__ import annotations
 
+import time
+
 import click
 
 from bench.cli.group import main
@@ -49,8 +51,10 @@ Examples:
 @click.argument("b", type=click.Path(exists=True))
 @click.option("--resamples", default=2000, show_default=True, help="Bootstrap replicates.")
 @click.option("--seed", default=0, show_default=True, help="Bootstrap seed (same seed, same interval).")
-@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Also write the comparison as JSON.")
-def compare(a, b, resamples, seed, output):
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help="Also write the comparison as JSON (with the command, versions and git commit).")
+@click.pass_obj
+def compare(command_line, a, b, resamples, seed, output):
     """Paired difference A − B of two GenEval results scored on the same prompts: per task and overall,
     with a 95 % bootstrap interval (the same prompt draw for both; seeds of multi-seed points drawn too)."""
     import json
@@ -58,11 +62,14 @@ def compare(a, b, resamples, seed, output):
     from bench.geneval.compare import compare as compare_results
     from bench.geneval.compare import format_comparison
     from bench.geneval.stats import Bootstrap
+    from bench.provenance import run_record
     from lightgen.files import write_text
 
     if resamples < 1:
         raise click.BadParameter("expected >= 1", param_hint="--resamples")
+    started = time.perf_counter()
     result = compare_results(a, b, Bootstrap(resamples=resamples, seed=seed))
     click.echo(format_comparison(result))
     if output:
-        write_text(output, json.dumps(result, indent=2) + "\n")
+        record = run_record(command_line, {"a": a, "b": b, "resamples": resamples, "seed": seed}, started)
+        write_text(output, json.dumps({**result, "provenance": record}, indent=2) + "\n")
