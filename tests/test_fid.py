@@ -161,8 +161,8 @@ def test_testbed_extractor_end_to_end(tmp_path):
 
 
 def test_folders_of_different_image_sizes_are_flagged(tmp_path):
-    """A 32-px folder against a 64-px one compares resizes as much as content: the result (and the CLI, on
-    stderr) says so unless `--resolution` puts both on one size."""
+    """A 32-px folder against a 64-px one compares resizes as much as content: the result says so (the CLI
+    prints it on stderr) unless `--resolution` puts both on one size."""
     a = image_folder(tmp_path / "a", 6, 0, size=(32, 32))
     b = image_folder(tmp_path / "b", 6, 1, size=(64, 64))
     assert "32x32 vs 64x64" in fid(a, b, Pooled(), cache_dir=None)["warning"]

@@ -79,6 +79,23 @@ def test_unet_student_trains_exports_an_if_pipeline_and_is_scored(cache77, tmp_p
     assert s["images"] == 6 and len(s["overall_ci"]) == 2
 
 
+@pytest.mark.parametrize("cleaner", [False, True])
+def test_if_style_pipelines_skip_caption_cleaning_only_without_its_packages(monkeypatch, cleaner):
+    """IFPipeline's `clean_caption` needs bs4 and ftfy; without them the generator passes False itself (what
+    the pipeline falls back to, minus a warning per batch), with them the pipeline's default stands."""
+    import lightgen.distill as distill
+
+    class IFLike:
+        def to(self, device):
+            return self
+
+        def __call__(self, prompt, generator, clean_caption=True, **kw):
+            return type("Out", (), {"images": [clean_caption] * len(prompt)})()
+
+    monkeypatch.setattr(distill, "_has_caption_cleaner", lambda: cleaner)
+    assert distill.SeededPipeline(IFLike())(["a red circle"], [0]) == [cleaner]
+
+
 def test_unet_student_resume_continues_exactly(cache77, tmp_path):
     full = train(_cfg(tmp_path / "full", cache77, steps=6))
     part = _cfg(tmp_path / "part", cache77)
@@ -172,15 +189,14 @@ def test_loss_target_is_the_schedulers_for_each_prediction_type(cache77, predict
 def test_pooled_text_unet_has_no_attention_and_follows_the_caption(cache77, tmp_path):
     """`addition_embed_type: text` with no attention levels and an attention-free mid block: the caption
     reaches the UNet only through the pooled embedding (as DeepFloyd IF adds it), and the exported
-    IFPipeline samples different images for different prompts."""
+    pipeline's UNet answers differently for different prompts' states."""
     from diffusers import DiffusionPipeline
+    from diffusers.models.attention_processor import Attention
 
     pooled = {**UNET, "attention_levels": [], "mid_block_type": "UNetMidBlock2D", "addition_embed_type": "text",
               "resnet_time_scale_shift": "scale_shift"}
     final = train(_cfg(tmp_path, cache77, unet=pooled, lr=1e-2))
     pipe = DiffusionPipeline.from_pretrained(str(final))
-    from diffusers.models.attention_processor import Attention
-
     assert not any(isinstance(m, Attention) for m in pipe.unet.modules())
     x, t = torch.randn(1, 3, 32, 32), torch.tensor([500])
     states = pipe.encode_prompt(["a red circle", "a blue square"], do_classifier_free_guidance=False,
