@@ -12,7 +12,8 @@ Kinds and what a point varies:
   steps       training iterations, at one or more resolutions      (Fig. 6b)
   resolution  train/evaluate at two resolutions, stage 2 initialised from stage 1, against the high
               resolution from scratch at equal compute (a step costs ∝ pixels)
-  dpo         before/after Diffusion-DPO, β sweep
+  dpo         before/after Diffusion-DPO, β sweep (× SFT weights), from a KD run trained here or from a
+              trained pipeline (`init_from`); compare.{md,json}: paired differences against the start
   guidance    CFG scale at sampling time, all points on one trained model
 """
 from __future__ import annotations
@@ -29,14 +30,16 @@ import yaml
 
 from bench.config import train_config
 from bench.experiment import DataSpec, EvalSpec, cached, distilled, evaluate, is_diffusers_pipeline, run_training
-from bench.provenance import run_record
-from lightgen.errors import InputError, check_known
+from bench.provenance import run_record, setting_difference
+from lightgen.errors import MAPPING, TEXT, InputError, Rule, check_fields, check_known, integer, list_of, nested, \
+    number, one_of, optional
 from lightgen.files import read_yaml, write_text
 from lightgen.probe import probe_pipeline
 from lightgen.train import TrainConfig
 
 KINDS = ("data-scale", "diversity", "steps", "resolution", "dpo", "guidance")
 STUDENT_CONFIGS = {"lightgen": "eval_configs/train/testbed_kd.yaml", "unet": "eval_configs/train/testbed_unet.yaml"}
+DPO_CONFIGS = {"lightgen": "eval_configs/train/testbed_dpo.yaml", "unet": "eval_configs/train/testbed_dpo_unet.yaml"}
 STUDENT_NAMES = {"lightgen": "LightGen", "unet": "UNet"}
 
 
@@ -53,32 +56,50 @@ class AblationConfig:
     eval: dict[str, Any] = field(default_factory=dict)
     resolutions: list[int] = field(default_factory=lambda: [32])  # steps / resolution kinds
     stage2_steps: int = 0  # resolution kind: steps of the high-resolution stage
-    dpo_config: str = "eval_configs/train/testbed_dpo.yaml"
+    dpo_config: str | None = None  # default: the student's (DPO_CONFIGS)
     dpo: dict[str, Any] = field(default_factory=dict)
     dpo_pairs: int = 1024
+    # dpo kind: each β runs with each SFT weight, in units of β/4 (the DPO term's pull on the winner's error at
+    # the start, σ(0)·β/2): 1 = the SFT term pulls as hard; 0 = pure Diffusion-DPO
+    dpo_sft: list[float] = field(default_factory=lambda: [0.0])
+    init_from: str | None = None  # dpo kind: the starting pipeline (a trained run's); default: train one here
+
+    def __post_init__(self) -> None:
+        check_fields(self, ABLATION_RULES)
+        nested("data", DataSpec, self.data)  # their fields are checked when they are built
+        nested("eval", EvalSpec, self.eval)
 
     @classmethod
     def load(cls, path: str | Path, kind: str) -> "AblationConfig":
         raw = check_known({"kind": kind, **read_yaml(path, "ablation config")}, cls, str(path))
         if raw["kind"] != kind:
             raise InputError(f"{path}: kind: file is for {raw['kind']!r}, command asked for {kind!r}")
-        if not raw.get("points"):
-            raise InputError(f"{path}: points: expected a non-empty list")
-        seeds = raw.get("seeds", [0])
-        if not (isinstance(seeds, list) and seeds and all(isinstance(x, int) and x >= 0 for x in seeds)
-                and len(set(seeds)) == len(seeds)):
-            raise InputError(f"{path}: seeds: expected a non-empty list of distinct ints >= 0, got {seeds!r}")
-        ab = cls(**raw)
-        if ab.student not in STUDENT_CONFIGS:
-            raise InputError(f"{path}: student: expected one of {', '.join(STUDENT_CONFIGS)}, got {ab.student!r}")
-        if ab.kind == "dpo" and ab.student != "lightgen":
-            raise InputError(f"{path}: student: the dpo ablation needs Diffusion-DPO, implemented for lightgen only")
+        try:
+            ab = cls(**raw)
+        except InputError as e:
+            raise InputError(f"{path}: {e}") from None
+        if ab.init_from is not None and ab.kind != "dpo":
+            raise InputError(f"{path}: init_from: only the dpo ablation starts from a trained pipeline")
+        if {"dpo_beta", "dpo_sft_weight"} & set(ab.dpo):
+            raise InputError(f"{path}: dpo: dpo_beta and dpo_sft_weight are set per point (points, dpo_sft)")
         ab.train_config = ab.train_config or STUDENT_CONFIGS[ab.student]
-        trained = train_config(ab.train_config, ab.train).student
-        if trained != ab.student:
-            raise InputError(f"{path}: train_config {ab.train_config} trains the {trained!r} student, the ablation "
-                             f"names {ab.student!r}")
+        ab.dpo_config = ab.dpo_config or DPO_CONFIGS[ab.student]
+        for key, name, layer in (("train_config", ab.train_config, ab.train), ("dpo_config", ab.dpo_config, ab.dpo)):
+            trained = train_config(name, layer).student
+            if trained != ab.student:
+                raise InputError(f"{path}: {key} {name} trains the {trained!r} student, the ablation names "
+                                 f"{ab.student!r}")
         return ab
+
+
+ABLATION_RULES: dict[str, Rule] = dict(
+    kind=one_of(*KINDS), points=Rule(lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list"),
+    student=one_of(*STUDENT_CONFIGS),
+    seeds=Rule(lambda v: list_of(integer(0), nonempty=True).ok(v) and len(set(v)) == len(v),
+               "a non-empty list of distinct integers >= 0"),
+    train_config=optional(TEXT), train=MAPPING, data=MAPPING, eval=MAPPING,
+    resolutions=list_of(integer(1), nonempty=True), stage2_steps=integer(0), dpo_config=optional(TEXT), dpo=MAPPING,
+    dpo_pairs=integer(1), dpo_sft=list_of(number(0), nonempty=True), init_from=optional(TEXT))
 
 
 @dataclass
@@ -130,12 +151,15 @@ def plan(ab: AblationConfig, work: Path, seed: int = 0) -> list[Point]:
         scratch = train(f"r{high}-scratch", resolution=high, steps=steps)
         points.append(Point(f"r{high}-scratch", high, dataclasses.replace(base, resolution=high), scratch,
                             resolution=high, extra={"stage": f"{high} px, {steps} steps from scratch (equal compute)"}))
-    elif ab.kind == "dpo":
-        kd = train("kd", resolution=base.resolution)
-        points.append(Point("before-dpo", 0.0, base, kd, resolution=base.resolution, extra={"beta": None}))
-        for beta in ab.points:
-            points.append(Point(f"beta{beta:g}", float(beta), base, None, resolution=base.resolution,
-                                extra={"beta": float(beta)}))
+    elif ab.kind == "dpo":  # the starting model: init_from, or a KD run trained as the first point
+        kd = None if ab.init_from else train("kd", resolution=base.resolution)
+        start = Path(ab.init_from) if ab.init_from else None
+        known = {"init_from": ab.init_from} if ab.init_from else {}  # recorded: results of another start are refused
+        points.append(Point("before-dpo", 0.0, base, kd, start, base.resolution, {"beta": None, **known}))
+        for beta, sft in ((float(b), float(w)) for b in ab.points for w in ab.dpo_sft):
+            points.append(Point(f"beta{beta:g}" + (f"-sft{sft:g}" if sft else ""), beta, base, None,
+                                resolution=base.resolution,
+                                extra={"beta": beta, "sft_weight": sft * beta / 4, **known}))
     elif ab.kind == "guidance":
         run = train("kd", resolution=base.resolution)
         for i, g in enumerate(ab.points):  # the first point trains; all evaluate its final pipeline
@@ -177,29 +201,60 @@ def _run_seed(ab: AblationConfig, output: Path, work: Path, seed: int, launcher:
     for p in plan(ab, work, seed):
         run = p if p.train is not None else run  # the training run this point reads (snapshots, DPO)
         done = output / "points" / p.label / f"seed-{seed}.json"
+        settings = point_settings(p, run, eval_spec, seed)
         if not done.is_file():
             write_text(done, json.dumps({**_run_point(ab, p, run, work, seed, eval_spec, launcher, probes),
-                                         "seed": seed}, indent=2))
+                                         "seed": seed, "settings": settings}, indent=2))
         summaries.append(json.loads(done.read_text()))
+        diff = setting_difference(summaries[-1].get("settings", settings), settings)  # none recorded: older run
+        if diff:
+            raise InputError(f"{done}: point {p.label} was run with other settings ({diff}); use a new --output "
+                             f"(and --work), or delete {done} to rerun the point")
     return summaries
+
+
+def point_settings(p: Point, run: Point | None, eval_spec: EvalSpec, seed: int) -> dict:
+    """What a point's result depends on: its record, the training run it reads (not where that lives), the
+    evaluation and the seed, as JSON would store them."""
+    train = dataclasses.asdict(run.train) if run else {}
+    settings = {"point": _point_record(p), "train": {k: v for k, v in train.items() if k not in ("out", "cache")},
+                "eval": dataclasses.asdict(eval_spec), "seed": seed}
+    return json.loads(json.dumps(settings, default=str))
 
 
 def _run_point(ab: AblationConfig, p: Point, run: Point, work: Path, seed: int, eval_spec: EvalSpec,
                launcher: str | None, probes: dict[Path, dict]) -> dict:
     """Train (the first point of a run) or reuse the run, evaluate and probe; the point's summary for `seed`."""
-    train = dataclasses.replace(run.train, cache=str(cached(distilled(work, run.data), run.train)))
+    # run is None when no point trains (dpo from init_from): no KD data, and no probe (it reads the KD cache)
+    train = dataclasses.replace(run.train, cache=str(cached(distilled(work, run.data), run.train))) if run else None
     trained = _train_point(train, launcher) if p.train is not None else None
-    if ab.kind == "dpo" and p.train is None:
-        pipeline = _dpo_point(ab, p, Path(train.out) / "pipeline", work, seed)
+    if ab.kind == "dpo" and p.extra["beta"] is not None:
+        pipeline = _dpo_point(ab, p, Path(ab.init_from or Path(train.out) / "pipeline"), work, seed)
     else:  # snapshot points (steps, guidance) read the run trained by the first of them
         pipeline = p.pipeline or trained
     spec = dataclasses.replace(eval_spec, guidance_scale=p.extra.get("guidance_scale", eval_spec.guidance_scale))
     summary = evaluate(pipeline, seeded(work / "eval" / p.label, seed), spec)
-    if pipeline not in probes and not is_diffusers_pipeline(pipeline):  # LightGen's, on the KD training data
+    if ab.kind == "steps":
+        summary["train_cpu_s"] = train_cpu_seconds(Path(train.out) / "metrics.csv", p.x)
+    if train and pipeline not in probes and not is_diffusers_pipeline(pipeline):  # LightGen's, on the KD data
         probes[pipeline] = probe_pipeline(pipeline, train.cache)
     if pipeline in probes:
         summary["probe"] = probes[pipeline]
     return {**summary, "point": _point_record(p)}
+
+
+def train_cpu_seconds(metrics: Path, step: int) -> float | None:
+    """Training process CPU seconds up to `step`, summed from the run's metrics.csv (`cpu_s` per logged
+    interval); None for runs logged before the column existed."""
+    import pandas as pd
+
+    rows = pd.read_csv(metrics)
+    if "cpu_s" not in rows:
+        return None
+    rows = rows[rows["step"] <= step]
+    if rows.empty or rows["step"].iloc[-1] != step:  # (snapshots at multiples of log_every)
+        return None
+    return float(rows["cpu_s"].sum())
 
 
 def _point_record(p: Point) -> dict:
@@ -222,6 +277,9 @@ def _combined(ab: AblationConfig, p: Point, per_seed: list[dict], output: Path) 
     if probes:
         summary["probe"] = {k: sum(q[k] for q in probes) / len(probes) for k, v in probes[0].items()
                             if isinstance(v, (int, float))}
+    cpu = [s.get("train_cpu_s") for s in per_seed]
+    if cpu and None not in cpu:
+        summary["train_cpu_s"] = sum(cpu) / len(cpu)
     summary |= {"seeds": ab.seeds, "student": ab.student, "row_name": _row_name(ab, p), "point": _point_record(p),
                 "eval": per_seed[0]["eval"], "pipelines": [s["pipeline"] for s in per_seed],
                 "per_seed": [{"seed": s["seed"], "overall": s["overall"], "fid": (s.get("fid") or {}).get("fid")}
@@ -241,7 +299,8 @@ def _dpo_point(ab: AblationConfig, p: Point, kd_pipe: Path, work: Path, seed: in
                         captions=captions, seed=p.data.seed + 1, steps=eval_spec.steps,
                         guidance_scale=eval_spec.guidance_scale)
     cfg = train_config(ab.dpo_config, ab.dpo, out=str(seeded(work / "train" / p.label, seed)), init_from=str(kd_pipe),
-                       dpo_beta=p.extra["beta"], resolution=p.resolution, seed=seed)
+                       dpo_beta=p.extra["beta"], dpo_sft_weight=p.extra["sft_weight"], resolution=p.resolution,
+                       seed=seed)
     cfg.cache, cfg.loser_cache = str(cached(pairs / "winner", cfg)), str(cached(pairs / "loser", cfg))
     return run_training(cfg)
 
@@ -250,7 +309,7 @@ def write_outputs(ab: AblationConfig, results: list[tuple[Point, dict]], output:
     import pandas as pd
 
     from bench.experiment import parameter_count
-    from bench.tables import build_table, line_plot, result_row, score_fields, write_table
+    from bench.tables import build_table, result_row, write_table
 
     params = f"{parameter_count(train_config(ab.train_config, ab.train)) / 1e6:.1f}M"
     rows = []
@@ -267,26 +326,93 @@ def write_outputs(ab: AblationConfig, results: list[tuple[Point, dict]], output:
     table = build_table(rows)
     for ext in ("md", "tex", "csv"):
         write_table(table, output / f"table.{ext}")
-    frame = pd.DataFrame([{"x": p.x, "series": p.extra.get("resolution", ""), "fid": s.get("fid", {}).get("fid"),
-                           **score_fields(s)} for p, s in results])
-    xlabel = {"data-scale": "distilled images", "diversity": "distinct training captions", "steps": "training steps",
-              "resolution": "resolution (px)", "dpo": "DPO β (0 = before DPO)", "guidance": "CFG scale"}[ab.kind]
-    tags = [c for c in ("overall", "position", "counting", "color_attr") if c in frame]
-    if ab.kind == "steps" and frame["series"].nunique() > 1:
-        values = [c for c in ("overall", "overall_ci_low", "overall_ci_high") if c in frame]
-        wide = frame.pivot_table(index="x", columns="series", values=values)
-        wide.columns = [f"overall @ {series} px{value.removeprefix('overall')}" for value, series in wide.columns]
-        line_plot(wide.reset_index(), "x", [c for c in wide.columns if "_ci_" not in c], output / "plot.png",
-                  f"GenEval (testbed) vs {xlabel}", xlabel=xlabel)
-    else:
-        line_plot(frame, "x", tags, output / "plot.png", f"GenEval (testbed) vs {xlabel}", xlabel=xlabel,
-                  logx=ab.kind in ("data-scale", "diversity"))
-    probed = pd.DataFrame([{"x": p.x, **s["probe"]} for p, s in results if "probe" in s])
+    probed = [{"x": p.x, **s["probe"]} for p, s in results if "probe" in s]
+    if probed:
+        write_text(output / "probe.csv", pd.DataFrame(probed).to_csv(index=False))
+    plot_outputs(ab.kind, [s for _, s in results], output, ab.student)
+    if ab.kind == "dpo":
+        write_comparisons(results, output)
+
+
+def write_comparisons(results: list[tuple[Point, dict]], output: Path) -> None:
+    """`compare.{json,md}`: each DPO point against the starting model (the first point), as `lightgen-bench
+    compare` of their summaries gives it (paired over prompts and seeds), overall and position, FID beside."""
+    from bench.geneval.compare import compare
+
+    def diff(d: dict | None) -> str:
+        return "–" if d is None else f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+
+    start, fid0 = output / "points" / results[0][0].label / "summary.json", results[0][1].get("fid", {}).get("fid")
+    records, lines = {}, ["| DPO point | Δ overall [95% CI] | Δ position [95% CI] | FID before → after |",
+                          "|---|---|---|---|"]
+    for p, s in results[1:]:
+        d = records[p.label] = compare(output / "points" / p.label / "summary.json", start)
+        fid = s.get("fid", {}).get("fid")
+        fids = f"{fid0:.1f} → {fid:.1f} ({100 * (fid / fid0 - 1):+.0f} %)" if fid and fid0 else "–"
+        lines.append(f"| {s['row_name']} | {diff(d['overall'])} | {diff(d['tasks'].get('position'))} | {fids} |")
+    write_text(output / "compare.json", json.dumps(records, indent=2))
+    write_text(output / "compare.md", "\n".join(lines) + "\n")
+
+
+XLABELS = {"data-scale": "distilled images", "diversity": "distinct training captions", "steps": "training steps",
+           "resolution": "resolution (px)", "dpo": "DPO β (0 = before DPO)", "guidance": "CFG scale"}
+
+
+def plot_outputs(kind: str, summaries: list[dict], output: Path, student: str = "lightgen") -> list[Path]:
+    """plot.png (GenEval: overall and every tag, 0–1, error bars; FID beside them where scored) and probe.png
+    from the points' summaries alone, so `replot` redraws a committed folder without training."""
+    import pandas as pd
+
+    from bench.plots import INTERVALS, RECONSTRUCTED, geneval_panels, probe_panels, scores_with_intervals
+
+    rows, rebuilt = [], False
+    for s in summaries:
+        fields, reconstructed = scores_with_intervals(s, f"points/{s['point']['label']}")
+        rebuilt |= reconstructed
+        rows.append({"x": s["point"]["x"], "series": f"{s['point'].get('resolution', 32)} px",
+                     "fid": (s.get("fid") or {}).get("fid"), **fields})
+    frame, xlabel, logx = pd.DataFrame(rows), XLABELS[kind], kind in ("data-scale", "diversity")
+    series = "series" if kind == "steps" and frame["series"].nunique() > 1 else None
+    extra = ("fid", "FID (testbed extractor)") if frame["fid"].notna().any() else None
+    paths = [geneval_panels(frame, output / "plot.png", _plot_title(kind, summaries, student), xlabel, series=series,
+                            logx=logx, extra=extra, note=RECONSTRUCTED if rebuilt else INTERVALS)]
+    probed = pd.DataFrame([{"x": s["point"]["x"], **s["probe"]} for s in summaries if "probe" in s])
     if len(probed):
-        write_text(output / "probe.csv", probed.to_csv(index=False))
-        line_plot(probed, "x", ["context_gain", "text_gain"], output / "probe.png",
-                  "What the model uses: loss increase without it (lightgen.probe)", xlabel=xlabel,
-                  ylabel="masked-token ε-MSE increase", logx=ab.kind in ("data-scale", "diversity"), symlogy=1e-7)
+        paths.append(probe_panels(probed, output / "probe.png", f"What the {STUDENT_NAMES[student]} student uses "
+                                  f"(lightgen.probe on its training data) vs {xlabel}", xlabel, logx))
+    return paths
+
+
+def _plot_title(kind: str, summaries: list[dict], student: str) -> str:
+    """Model, data, prompts × images and sampling, as far as they are the same for every point."""
+    data = [s["point"]["data"] for s in summaries]
+    ns, ds = {d["n"] for d in data}, {d.get("diversity") for d in data}
+    renders = f"{ns.pop():,} teacher renders" if len(ns) == 1 else "teacher renders (x axis)"
+    captions = "" if len(ds) > 1 else ", all captions" if None in ds else f", {ds.pop():,} captions"
+    first, ev = summaries[0], summaries[0].get("eval", {})
+    seeds = len(first.get("seeds", [0]))
+    per = first["images"] // max(1, first["prompts"] * seeds)
+    cfg = "" if kind == "guidance" else f", CFG {ev.get('guidance_scale', ev.get('cfg', 4.0)):g}"
+    return (f"{STUDENT_NAMES[student]} student on the testbed: GenEval vs {XLABELS[kind]}\n{renders}{captions} · "
+            f"{first['prompts']} testbed prompts × {per} image{'s' * (per > 1)}"
+            + (f" × {seeds} training seeds" if seeds > 1 else "") + f" · {ev.get('steps')} sampling steps{cfg}")
+
+
+def replot(folder: Path) -> list[Path]:
+    """Redraw an ablation folder's plots from its committed run.json and points/*/summary.json (no training)."""
+    def read(path: Path):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path}: expected a readable JSON file ({e})") from None
+
+    config = read(folder / "run.json").get("config")
+    if not isinstance(config, dict) or config.get("kind") not in KINDS:
+        raise InputError(f"{folder / 'run.json'}: expected an ablation's record (config.kind one of {', '.join(KINDS)})")
+    summaries = [read(f) for f in sorted(folder.glob("points/*/summary.json"))]
+    if not summaries:
+        raise InputError(f"{folder}: no points/<label>/summary.json to plot")
+    return plot_outputs(config["kind"], summaries, folder, config.get("student", "lightgen"))
 
 
 def _sample_count(s: dict) -> str:
@@ -308,22 +434,36 @@ def _row_name(ab: AblationConfig, p: Point) -> str:
         return f"{student}, {p.extra.get('stage', p.label)}"
     if ab.kind == "guidance":
         return f"{student}, CFG {p.x:g}"
-    return f"{student}, " + ("before DPO" if p.extra.get("beta") is None else f"DPO β={p.extra['beta']:g}")
+    if p.extra.get("beta") is None:
+        return f"{student}, before DPO"
+    sft = p.extra.get("sft_weight")
+    return f"{student}, DPO β={p.extra['beta']:g}" + (f" + SFT (weight {sft:g})" if sft else "")
+
+
+# A DPO step against a KD step of the same batch: winner and loser through the policy (forward + backward, about
+# 3 forwards each) and through the frozen reference (a forward each): 2·3 + 2 forwards against 3.
+DPO_STEP_COST = 8 / 3
 
 
 def describe(ab: AblationConfig, work: Path, seconds_per_step: float) -> str:
     """--dry-run: the plan and an estimate from a measured training step's CPU time."""
     lines, total = [], 0.0
+    kd_batch = train_config(ab.train_config, ab.train).batch_size
     for p in plan(ab, work):
-        steps = p.train.steps if p.train is not None else (ab.dpo.get("steps", 0) if ab.kind == "dpo" else 0)
-        scale = (p.resolution / 32) ** 2
-        total += steps * seconds_per_step * scale
+        steps, cost, note = (p.train.steps, 1.0, "") if p.train is not None else (0, 0.0, " (snapshot)")
+        if ab.kind == "dpo" and p.extra["beta"] is not None:
+            dpo = train_config(ab.dpo_config, ab.dpo)
+            steps, cost, note = dpo.steps, DPO_STEP_COST * dpo.batch_size / kd_batch, " (DPO)"
+        elif p.train is None and ab.kind == "dpo":
+            note = f" (starting pipeline {ab.init_from})"
+        total += steps * seconds_per_step * cost * (p.resolution / 32) ** 2
         lines.append(f"{p.label:>24}: data n={p.data.n} diversity={p.data.diversity or 'all'} "
-                     f"{p.resolution}px, train {steps} steps" + (" (snapshot)" if p.train is None else ""))
+                     f"{p.resolution}px, train {steps} steps{note}")
     seeds = len(ab.seeds)
     lines.append(f"student {ab.student}, seeds {ab.seeds}: estimated training CPU time {seeds * total / 60:.1f} min "
-                 f"({seeds} × {total / 60:.1f}; measured {seconds_per_step:.2f} CPU s/step at 32 px; plus "
-                 "distillation and evaluation)")
+                 f"({seeds} × {total / 60:.1f}; measured {seconds_per_step:.2f} CPU s/step at 32 px"
+                 + (f", a DPO step counted as {DPO_STEP_COST:.2f} × a KD step of its batch" if ab.kind == "dpo" else "")
+                 + "; plus distillation and evaluation)")
     return "\n".join(lines)
 
 

@@ -33,7 +33,10 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict:
             node = node.setdefault(section, {})
             if not isinstance(node, dict):
                 raise InputError(f"--set {pair!r}: {section!r} is set to a value and used as a section")
-        node[leaf] = yaml.safe_load(value)
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise InputError(f"--set {pair!r}: the value is not a YAML scalar or list ({e})".replace("\n", " ")) from None
     return out
 
 

@@ -9,11 +9,12 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from bench.config import merge, train_config
 from bench.experiment import DataSpec, EvalSpec, cached, distilled, evaluate, parameter_count, run_training
 from bench.provenance import run_record
-from lightgen.errors import InputError, check_known
+from lightgen.errors import TEXT, InputError, check_fields, integer, nested
 from lightgen.files import atomic_write, read_yaml, write_text
 from lightgen.probe import probe_pipeline
 from lightgen.train import TrainConfig
@@ -25,13 +26,26 @@ QUICK = {"data": {"n": 256}, "kd": {"steps": 12, "batch_size": 32, "save_every":
          "eval": {"limit": 24, "steps": 4}, "completion_images": 4}
 
 
+DEFAULTS = {"kd_config": "eval_configs/train/testbed_kd.yaml", "dpo_config": "eval_configs/train/testbed_dpo.yaml",
+            "dpo_pairs": 1024, "completion_images": 48}
+DEFAULT_RULES = {"kd_config": TEXT, "dpo_config": TEXT, "dpo_pairs": integer(1), "completion_images": integer(1)}
+
+
 def load_demo_config(path: str | Path | None, quick: bool) -> dict:
     path = Path(path or DEFAULT_CONFIG)
     raw = read_yaml(path, "demo config")
     known = {"data", "kd_config", "kd", "dpo_config", "dpo", "dpo_pairs", "eval", "completion_images"}
     if unknown := sorted(set(raw) - known):
         raise InputError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
-    return merge(raw, QUICK) if quick else raw
+    for key in ("data", "kd", "dpo", "eval"):
+        if not isinstance(raw.get(key, {}), dict):
+            raise InputError(f"{path}: {key}: expected a mapping of options, got {type(raw[key]).__name__}")
+    config = merge(raw, QUICK) if quick else raw
+    try:  # the sections (data, eval, kd, dpo) are checked when run_demo builds them, before any work
+        check_fields(SimpleNamespace(**{**DEFAULTS, **config}), DEFAULT_RULES)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+    return config
 
 
 def run_demo(config: dict, output: Path, work: Path, seed: int, command: list[str]) -> dict:
@@ -42,27 +56,28 @@ def run_demo(config: dict, output: Path, work: Path, seed: int, command: list[st
     from bench.testbed.teacher import TestbedTeacher
     from lightgen.dpo import build_pairs
 
-    data_spec = DataSpec(**check_known({**config.get("data", {}), "seed": seed}, DataSpec, "data"))
-    eval_spec = EvalSpec(**check_known({**config.get("eval", {}), "seed": seed}, EvalSpec, "eval"))
+    settings = {**DEFAULTS, **config}
+    data_spec = nested("data", DataSpec, {**config.get("data", {}), "seed": seed})
+    eval_spec = nested("eval", EvalSpec, {**config.get("eval", {}), "seed": seed})
+    kd = train_config(settings["kd_config"], config.get("kd", {}), out=str(work / "kd"), seed=seed,
+                      resolution=data_spec.resolution)
+    dpo = train_config(settings["dpo_config"], config.get("dpo", {}), out=str(work / "dpo"), seed=seed,
+                       init_from=str(Path(kd.out) / "pipeline"),
+                       resolution=data_spec.resolution)  # both checked before any work starts
     data = distilled(work, data_spec)
-
-    kd = train_config(config.get("kd_config", "eval_configs/train/testbed_kd.yaml"), config.get("kd", {}),
-                       out=str(work / "kd"), seed=seed, resolution=data_spec.resolution)
     kd.cache = str(cached(data, kd))
     kd_pipe = run_training(kd)
     before = evaluate(kd_pipe, work / "eval-kd", eval_spec)
 
-    captions = sample_captions(config.get("dpo_pairs", 1024), data_spec.diversity or max_diversity(), seed + 1)
+    captions = sample_captions(settings["dpo_pairs"], data_spec.diversity or max_diversity(), seed + 1)
     pairs = build_pairs(kd_pipe, work / "pairs", winners=TestbedTeacher(data_spec.resolution), captions=captions,
                         seed=seed + 1, steps=eval_spec.steps,
                         guidance_scale=eval_spec.guidance_scale)
-    dpo = train_config(config.get("dpo_config", "eval_configs/train/testbed_dpo.yaml"), config.get("dpo", {}),
-                        out=str(work / "dpo"), seed=seed, init_from=str(kd_pipe), resolution=data_spec.resolution)
     dpo.cache, dpo.loser_cache = str(cached(pairs / "winner", dpo)), str(cached(pairs / "loser", dpo))
     dpo_pipe = run_training(dpo)
     after = evaluate(dpo_pipe, work / "eval-dpo", eval_spec)
     for summary, pipe in ((before, kd_pipe), (after, dpo_pipe)):  # what each model uses, on the KD data
-        summary["probe"] = probe_pipeline(pipe, kd.cache, completion_images=config.get("completion_images", 48))
+        summary["probe"] = probe_pipeline(pipe, kd.cache, completion_images=settings["completion_images"])
 
     summary = write_report(output, work, data_spec, {"KD (before DPO)": before, "KD + DPO": after}, kd, dpo)
     record = run_record(command, {"demo": config, "kd": dataclasses.asdict(kd), "dpo": dataclasses.asdict(dpo)},
@@ -93,7 +108,8 @@ def write_report(output: Path, work: Path, data: DataSpec, runs: dict[str, dict]
                           "completion_ratio": s["probe"]["completion"]["ratio"]} if "probe" in s else {})}
                for name, s in runs.items()}
     write_text(output / "before_after.json", json.dumps(compare, indent=2))
-    _grid(output / "samples.png", {"KD": work / "eval-kd" / "images", "KD + DPO": work / "eval-dpo" / "images"}, data)
+    _grid(output / "samples.png", {f"KD student\n{kd.steps} steps": work / "eval-kd" / "images",
+                                   f"KD + DPO\n+{dpo.steps} DPO\nsteps": work / "eval-dpo" / "images"}, data)
     for name, cfg in (("kd", kd), ("dpo", dpo)):
         metrics = pd.read_csv(Path(cfg.out) / "metrics.csv")
         line_plot(metrics, "step", ["loss"], output / f"{name}_loss.png", f"{name.upper()} training loss",
@@ -114,12 +130,16 @@ def _grid(path: Path, folders: dict[str, Path], data: DataSpec, prompts: int = 1
     first = next(iter(layouts.values()))
     texts = [f.metadata["prompt"] for f in first]
     teacher = TestbedTeacher(data.resolution)(texts, [sample_seed(data.seed, int(f.path.name), 0) for f in first])
-    rows = {"teacher": teacher, **{name: [Image.open(f.samples[0]) for f in fs] for name, fs in layouts.items()}}
-    atomic_write(path, lambda tmp: _labelled(rows, texts).save(tmp, format="PNG"))
+    rows = {"teacher\n(testbed\nrender)": teacher,
+            **{name: [Image.open(f.samples[0]) for f in fs] for name, fs in layouts.items()}}
+    title = (f"First sample of the first {len(texts)} testbed GenEval prompts (caption below each column, "
+             f"{data.resolution} px shown x3); the teacher row renders the same caption with the same seed")
+    atomic_write(path, lambda tmp: _labelled(rows, texts, title).save(tmp, format="PNG"))
 
 
-def _labelled(rows: dict[str, list], captions: list[str], scale: int = 3):
-    """Images in a grid (nearest-neighbour upscaled), row names on the left, wrapped captions under the columns."""
+def _labelled(rows: dict[str, list], captions: list[str], title: str = "", scale: int = 3):
+    """Images in a grid (nearest-neighbour upscaled), row names (may hold line breaks) on the left, wrapped
+    captions under the columns, then the title line."""
     import textwrap
 
     from PIL import Image, ImageDraw
@@ -127,14 +147,16 @@ def _labelled(rows: dict[str, list], captions: list[str], scale: int = 3):
     side = rows[next(iter(rows))][0].width * scale
     pitch, line, margin = side + 2, 11, 70  # 2-px white gaps; default bitmap font: ~6 px a character, 11 a line
     wrapped = [textwrap.wrap(c.removeprefix("a photo of "), max(1, side // 6)) for c in captions]
-    canvas = Image.new("RGB", (margin + len(captions) * pitch, len(rows) * pitch + line * max(map(len, wrapped)) + 2),
-                       "white")
+    canvas = Image.new("RGB", (margin + len(captions) * pitch,
+                               len(rows) * pitch + line * (max(map(len, wrapped)) + 2 * bool(title)) + 2), "white")
     draw = ImageDraw.Draw(canvas)
     for r, (name, images) in enumerate(rows.items()):
-        draw.text((4, r * pitch + side // 2 - line // 2), name, fill="black")
+        y = r * pitch
+        draw.multiline_text((4, y + side // 2 - line * (name.count("\n") + 1) // 2), name, fill="black")
         for c, im in enumerate(images):
-            canvas.paste(im.convert("RGB").resize((side, side), Image.NEAREST), (margin + c * pitch, r * pitch))
+            canvas.paste(im.convert("RGB").resize((side, side), Image.NEAREST), (margin + c * pitch, y))
     for c, lines in enumerate(wrapped):
         for k, text in enumerate(lines):
             draw.text((margin + c * pitch + 2, len(rows) * pitch + k * line), text, fill="black")
+    draw.text((4, canvas.height - line - 2), title, fill="black")
     return canvas

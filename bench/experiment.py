@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.geneval.layout import TESTBED_PROMPTS, read_prompts
+from lightgen.errors import BOOL, check_fields, integer, number, optional
 from lightgen.files import write_text
 from lightgen.train import TrainConfig, train
 
@@ -29,6 +30,10 @@ class EvalSpec:
     limit: int | None = None  # an evenly spaced subset of N prompts, every tag included (smoke runs)
     fid: bool = True
 
+    def __post_init__(self) -> None:
+        check_fields(self, dict(n_samples=integer(1), steps=integer(1), guidance_scale=number(0),
+                                temperature=number(0), seed=integer(0), limit=optional(integer(1)), fid=BOOL))
+
 
 @dataclass
 class DataSpec:
@@ -37,6 +42,10 @@ class DataSpec:
     resolution: int = 32
     seed: int = 0
     token_grid: int | None = None  # the token-aligned world: box edges on an N × N grid (default: anywhere)
+
+    def __post_init__(self) -> None:
+        check_fields(self, dict(n=integer(1), diversity=optional(integer(1)), resolution=integer(1), seed=integer(0),
+                                token_grid=optional(integer(1))))
 
 
 def digest(obj: Any) -> str:
@@ -95,6 +104,12 @@ def run_training(cfg: TrainConfig) -> Path:
     return train(cfg, resume="auto")
 
 
+def eval_prompts(limit: int | None, prompts_file: Path = TESTBED_PROMPTS) -> list[dict]:
+    """The prompts an evaluation scores: all, or `limit` evenly spaced ones (every tag included)."""
+    prompts = read_prompts(prompts_file)
+    return prompts[::-(-len(prompts) // limit)] if limit else prompts
+
+
 def evaluate(pipeline: Path, outdir: Path, spec: EvalSpec, prompts_file: Path = TESTBED_PROMPTS) -> dict:
     """Testbed GenEval summary (+ FID vs teacher renders of the same prompts and seeds)."""
     from bench.geneval.colors import get_color_classifier
@@ -102,9 +117,7 @@ def evaluate(pipeline: Path, outdir: Path, spec: EvalSpec, prompts_file: Path = 
     from bench.geneval.generate import generate
     from bench.geneval.score import score
 
-    prompts = read_prompts(prompts_file)
-    if spec.limit:
-        prompts = prompts[::-(-len(prompts) // spec.limit)]
+    prompts = eval_prompts(spec.limit, prompts_file)
     outdir.mkdir(parents=True, exist_ok=True)
     summary_file = outdir / "evaluation.json"  # written last: its presence means the step is complete
     if summary_file.is_file():

@@ -23,7 +23,7 @@ from PIL import Image
 from torch import nn
 
 from lightgen.errors import InputError
-from lightgen.files import atomic_path
+from lightgen.files import atomic_path, open_rgb
 
 IMAGE_EXTS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}  # clean-fid's, any case
 CACHE_DIR = Path(os.environ.get("LIGHTGEN_BENCH_CACHE", Path.home() / ".cache" / "lightgen-bench")) / "fid"
@@ -142,8 +142,7 @@ class _ImageTensors(torch.utils.data.Dataset):
         elif isinstance(item, Image.Image):
             x = np.asarray(item.convert("RGB"))
         else:
-            with Image.open(item) as f:
-                x = np.asarray(f.convert("RGB"))
+            x = np.asarray(open_rgb(item, item))
         x = self.resize(x) if self.resize else x.astype(np.float32)
         return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1) / 255
 
@@ -232,10 +231,17 @@ def load_stats(source: Source, extractor: str | nn.Module | Callable[[], nn.Modu
     folders go through the cache when the extractor has a `name`. The extractor (a module, a name or
     a zero-argument builder) is built only if features are needed."""
     if isinstance(source, (str, os.PathLike)) and str(source).endswith(".npz"):
-        with np.load(source, allow_pickle=False) as z:
+        try:
+            z = np.load(source, allow_pickle=False)
+        except (OSError, ValueError) as e:  # not a zip of arrays, or an object array
+            raise InputError(f"{source}: expected a .npz of arrays mu, sigma ({e})") from None
+        with z:
             if not {"mu", "sigma"} <= set(z.files) or (kid and "feats" not in z.files):
                 raise InputError(f"{source}: expected arrays mu, sigma{', feats' if kid else ''}; found {z.files}")
-            return {"n": np.asarray(-1), **{k: z[k] for k in z.files}}
+            stats = {"n": np.asarray(-1), **{k: z[k] for k in z.files}}
+        if not all(np.isfinite(stats[k]).all() for k in ("mu", "sigma")):
+            raise InputError(f"{source}: mu/sigma hold NaN or infinite values; recompute the statistics")
+        return stats
     cache = None
     if cache_dir and name and isinstance(source, (str, os.PathLike)):
         cache = cache_file(source, name, kw.get("resolution"), kw.get("num"), cache_dir)
@@ -244,6 +250,8 @@ def load_stats(source: Source, extractor: str | nn.Module | Callable[[], nn.Modu
                 if not kid or "feats" in z.files:
                     return {k: z[k] for k in z.files}
     feats = features(source, extractor, **kw)
+    if not np.isfinite(feats).all():
+        raise InputError(f"{source}: the {name or 'extractor'} features hold NaN or infinite values")
     mu, sigma = statistics(feats)
     stats = {"mu": mu, "sigma": sigma, "n": np.asarray(len(feats)), **({"feats": feats} if kid else {})}
     if cache:
@@ -277,4 +285,6 @@ def fid(a: Source, b: Source, extractor: str | nn.Module = "clean", *, kid: bool
                           f"compared without --resolution: the FID then also measures the resize")
     if kid:
         out["kid"], out["kid_std"] = kernel_distance(sa["feats"], sb["feats"])
+    if not all(np.isfinite(v) for k, v in out.items() if k in ("fid", "kid", "kid_std")):
+        raise InputError(f"{a} vs {b}: FID/KID is not a finite number (degenerate statistics)")
     return out

@@ -23,7 +23,8 @@ import torch
 from bench.config import train_config
 from bench.experiment import DataSpec, EvalSpec, cached, distilled, evaluate, run_training
 from bench.provenance import run_record
-from lightgen.files import atomic_write, write_text
+from lightgen.errors import InputError
+from lightgen.files import write_text
 
 KINDS = ("curve", "sincos", "grid", "copy")
 KD_CONFIG = "eval_configs/train/testbed_kd.yaml"
@@ -72,22 +73,41 @@ def kd_curve(name: str, work: Path, overrides: dict, steps: int = 1000, every: i
     return {"name": name, "overrides": overrides, "limit": limit, "train": dataclasses.asdict(cfg), "points": points}
 
 
-def plot_curves(records: list[dict], path: Path) -> None:
-    """Overall (CFG 1) and context gain against training CPU minutes, one line per recipe."""
-    from matplotlib.figure import Figure
+def plot_curves(records: list[dict], path: Path) -> Path:
+    """Testbed GenEval at CFG 1 (overall and every tag, 0–1, with intervals from the per-tag counts of one
+    image per prompt) and the context gain against training CPU minutes, one line per recipe."""
+    from collections import Counter
 
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    axes = fig.subplots(1, 2)
+    import pandas as pd
+
+    from bench.experiment import eval_prompts
+    from bench.plots import RECONSTRUCTED, counted_intervals, geneval_panels
+
+    rows = []
     for r in records:
-        pts = [p for p in r["points"] if p["train_cpu_min"] is not None]
-        xs = [p["train_cpu_min"] for p in pts]
-        axes[0].plot(xs, [p["cfg1"]["overall"] for p in pts], marker="o", label=r["name"])
-        axes[1].plot(xs, [p["probe"]["context_gain"] for p in pts], marker="o", label=r["name"])
-    for ax, label in zip(axes, ("testbed GenEval overall (CFG 1)", "context gain (lightgen.probe)")):
-        ax.set(xlabel="training CPU minutes", ylabel=label)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+        sizes = Counter(p["tag"] for p in eval_prompts(r.get("limit")))
+        for p in (p for p in r["points"] if p["train_cpu_min"] is not None):
+            counts = {t: (round(p["cfg1"][t] * n), n) for t, n in sizes.items()}
+            rows.append({"x": p["train_cpu_min"], "recipe": r["name"], **p["cfg1"], **counted_intervals(counts),
+                         "context_gain": p["probe"]["context_gain"]})
+    prompts = "/".join(sorted({str(len(eval_prompts(r.get("limit")))) for r in records}))
+    title = (f"LightGen KD recipes (probe-kd curve): testbed GenEval at CFG 1 vs training CPU minutes\n"
+             f"{DATA.n:,} teacher renders · {prompts} testbed prompts × 1 image · 32 sampling steps")
+    return geneval_panels(pd.DataFrame(rows), path, title, "training CPU minutes", series="recipe",
+                          extra=("context_gain", "context gain (lightgen.probe)"), note=RECONSTRUCTED)
+
+
+def replot(folder: Path) -> list[Path]:
+    """Redraw curves.png from the curve records of `folder/results.jsonl` (no training)."""
+    path = folder / "results.jsonl"
+    try:
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: expected one JSON record per line ({e})") from None
+    curves = [r for r in records if isinstance(r, dict) and r.get("kind") == "curve"]
+    if not curves:
+        raise InputError(f"{path}: no `curve` records to plot (made by `lightgen-bench probe-kd curve`)")
+    return [plot_curves(curves, folder / "curves.png")]
 
 
 def copy_task(lr: float, head_lr: float, steps: int = 300, every: int = 25, seed: int = 0, probe_n: int = 128) -> dict:

@@ -14,7 +14,6 @@ do not count), wall time otherwise.
 from __future__ import annotations
 
 import json
-import platform
 import resource
 import statistics
 import time
@@ -24,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from bench.provenance import cpu_name
 from lightgen.config import LightGenConfig
 from lightgen.errors import InputError
 from lightgen.mar import LightGen
@@ -83,17 +83,6 @@ def machine(device: torch.device) -> dict:
     return {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
             "cpu": cpu_name(), "cpu_flags": [f for f in CPU_FLAGS if f in flags], "native_bf16": native_bf16(device),
             "torch_threads": torch.get_num_threads(), "clock": clock(device)[0]}
-
-
-def cpu_name() -> str:
-    """The CPU model (for result files), e.g. 'Intel(R) Xeon(R) ...'."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _flops(fn: Callable[[], object]) -> int:

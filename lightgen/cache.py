@@ -22,7 +22,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from lightgen.checkpoint import save_weights
-from lightgen.files import atomic_write
+from lightgen.files import TEMP_RE, atomic_write, read_json, writable_dir
 from lightgen.codecs import LatentCodec
 from lightgen.config import LightGenConfig
 from lightgen.errors import InputError
@@ -39,6 +39,11 @@ def cache_signature(config: LightGenConfig, resolution: int) -> dict:
     return {**{f: getattr(config, f) for f in CACHE_FIELDS}, "resolution": resolution}
 
 
+def _same_source(a: str | None, b: str) -> bool:
+    """The same source, also when one run named the folder relative and another absolute."""
+    return a == b or bool(a and b and Path(a).resolve() == Path(b).resolve())
+
+
 def build_cache(records: Sequence[tuple[Image.Image, str]], out: str | Path,
                 config: LightGenConfig, codec: LatentCodec, text_encoder: TextEncoder, resolution: int,
                 source: str = "", shard_size: int = 4096, batch_size: int = 64) -> Path:
@@ -48,14 +53,32 @@ def build_cache(records: Sequence[tuple[Image.Image, str]], out: str | Path,
     n = len(records)
     if n == 0:
         raise InputError(f"{source or 'dataset'}: empty, nothing to cache")
+    first = records[0][0]  # unreadable or mis-sized images are refused before anything is written
+    if first.size != (resolution, resolution):
+        raise InputError(f"{source}: image of size {first.size}, expected {resolution}×{resolution}")
     signature = cache_signature(config, resolution)
     meta_file = out / "meta.json"
+    meta = {"signature": signature, "format": CACHE_FORMAT, "count": n, "source": source}
     if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
-        if (meta.get("signature") == signature and meta.get("count") == n and meta.get("complete")
-                and meta.get("format") == CACHE_FORMAT):
+        old = read_json(meta_file, "cache record")
+        diff = [k for k in ("signature", "count") if old.get(k) != meta[k]]
+        if not _same_source(old.get("source"), source):
+            diff.append("source")
+        if diff:
+            raise InputError(f"{meta_file}: {out} holds the cache of another dataset or model (different "
+                             f"{', '.join(diff)}); use a new --out folder")
+        if old.get("complete") and old.get("format") == CACHE_FORMAT:
             return out
-    out.mkdir(parents=True, exist_ok=True)
+    elif out.is_dir() and any(not TEMP_RE.fullmatch(p.name) for p in out.iterdir()):
+        raise InputError(f"out: {out} holds other files and no cache meta.json; use a new or empty folder")
+    writable_dir(out, "out")
+    atomic_write(meta_file, lambda tmp: Path(tmp).write_text(json.dumps({**meta, "complete": False}, indent=2)))
+    if config.text_encoder == "tiny-t5":  # saved before it encodes: a rerun that encodes nothing writes the same
+        tmp = out / "text_encoder.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        text_encoder.save_pretrained(tmp)
+        shutil.rmtree(out / "text_encoder", ignore_errors=True)
+        tmp.rename(out / "text_encoder")
     shards = []
     bar = tqdm(total=n, desc="cache", unit="img")
     for s, start in enumerate(range(0, n, shard_size)):
@@ -85,14 +108,7 @@ def build_cache(records: Sequence[tuple[Image.Image, str]], out: str | Path,
                       "text_index": torch.tensor([where[c] for c in captions]),
                       "text_flip_index": torch.tensor([where[c] for c in mirrored])}, out / name)
     bar.close()
-    if config.text_encoder == "tiny-t5":
-        tmp = out / "text_encoder.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        text_encoder.save_pretrained(tmp)
-        shutil.rmtree(out / "text_encoder", ignore_errors=True)
-        tmp.rename(out / "text_encoder")
-    meta = {"signature": signature, "format": CACHE_FORMAT, "count": n, "shards": shards, "source": source,
-            "complete": True}
+    meta.update(shards=shards, complete=True)
     atomic_write(meta_file, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     return out
 
@@ -128,7 +144,7 @@ class FeatureCache(torch.utils.data.Dataset):
         meta_file = self.path / "meta.json"
         if not meta_file.is_file():
             raise InputError(f"{self.path}: not a feature cache (no meta.json); build one with `lightgen-bench cache`")
-        self.meta = json.loads(meta_file.read_text())
+        self.meta = read_json(meta_file, "cache record")
         if not self.meta.get("complete"):
             raise InputError(f"{self.path}: cache is incomplete; rerun `lightgen-bench cache` to finish it")
         if config is not None:

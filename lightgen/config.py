@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightgen.errors import InputError, check_known
+from lightgen.errors import BOOL, MAPPING, TEXT, InputError, Rule, check_fields, check_known, integer, list_of, number, \
+    one_of, optional
 
 
 @dataclass
@@ -30,6 +31,10 @@ class LightGenConfig:
     interpolate_offset: float = 0.1
     rel_pos_bias: bool = False  # testbed option: learned 2-D relative-offset attention bias in encoder/decoder
     pos_init: str = "normal"  # position tables' init: "normal" (official, std 0.02) or "sincos" (MAE's 2-D table)
+    # testbed option, where else the caption enters the trunk (officially only the cross stack after the decoder):
+    # "pool" adds the projected mean caption state to every encoder and decoder input token, "prefix" appends the
+    # projected caption states to the encoder and decoder sequences (as MAR's class-token buffer)
+    trunk_text: str = "none"
     # transformer (one width for encoder, decoder, cross stack and aligner, as officially)
     width: int = 1024
     encoder_depth: int = 16
@@ -65,6 +70,12 @@ class LightGenConfig:
             raise InputError(f"text_vocab: expected a list of words or null, got the name {self.text_vocab!r}; the "
                              "library resolves no names ('testbed' is the testbed grammar's vocabulary: load the "
                              "config with bench.config.load_train_config, as `lightgen-bench train` does)")
+        check_fields(self, RULES)
+        if self.width % self.num_heads:
+            raise InputError(f"num_heads: expected a divisor of width {self.width}, got {self.num_heads}")
+        if self.resolution % self.pixels_per_token:
+            raise InputError(f"resolution: expected a multiple of vae_stride×patch_size = {self.pixels_per_token}, "
+                             f"got {self.resolution}")
 
     @property
     def token_dim(self) -> int:
@@ -86,18 +97,41 @@ class LightGenConfig:
     def from_preset(cls, name: str, **overrides: Any) -> "LightGenConfig":
         if name not in PRESETS:
             raise InputError(f"preset: unknown {name!r}; expected one of {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], "preset": name, **overrides})
+        return cls(**{**PRESETS[name], "preset": name, **check_known(overrides, cls, "model")})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "LightGenConfig":
-        return cls(**check_known(d, cls, source))
+        try:
+            return cls(**check_known(d, cls, source))
+        except InputError as e:
+            raise InputError(f"{source}: {e}") from None
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
+
+_DEPTH, _POSITIVE, _PROBABILITY = integer(1), number(0, above=True), number(0, 1)
+# what every field must be (checked once, at construction); cross-field rules are in __post_init__
+RULES: dict[str, Rule] = dict(
+    codec=one_of("vae", "pixel"), codec_path=TEXT, latent_channels=integer(1), vae_stride=integer(1),
+    patch_size=integer(1), scaling_factor=_POSITIVE, shift_factor=number(), resolution=integer(1),
+    pos_grid=integer(1), interpolate_offset=number(0), rel_pos_bias=BOOL, pos_init=one_of("normal", "sincos"),
+    trunk_text=one_of("none", "pool", "prefix"), width=integer(1), encoder_depth=_DEPTH, decoder_depth=_DEPTH,
+    cross_depth=_DEPTH, text_depth=_DEPTH, num_heads=integer(1), mlp_ratio=_POSITIVE,
+    attn_dropout=number(0, 1, below=True), proj_dropout=number(0, 1, below=True), text_encoder=TEXT,
+    caption_channels=integer(1), max_length=integer(1), t5_config=optional(MAPPING), text_vocab=optional(list_of(TEXT)),
+    diffloss_depth=_DEPTH, diffloss_width=integer(1), num_sampling_steps=integer(1), diffusion_batch_mul=integer(1),
+    clip_sample=optional(_POSITIVE), prediction=one_of("epsilon", "v"), mask_ratio_min=_PROBABILITY,
+    timestep_shift=_POSITIVE, text_drop_prob=_PROBABILITY, grad_checkpointing=BOOL, preset=optional(TEXT))
+
+# what may change between a checkpoint and a run initialised from it (`init_from`): the resolution (multi-stage),
+# training-time regularisation and sampling settings. Every other field changes what the weights mean.
+STAGE_FIELDS = frozenset({"resolution", "mask_ratio_min", "timestep_shift", "text_drop_prob", "attn_dropout",
+                          "proj_dropout", "grad_checkpointing", "diffusion_batch_mul", "num_sampling_steps",
+                          "clip_sample", "pos_init", "preset"})
 
 _TINY_T5 = dict(vocab_size=384, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
                 relative_attention_num_buckets=8, dropout_rate=0.0, feed_forward_proj="relu")

@@ -23,7 +23,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from lightgen.files import atomic_write, writable_dir
+from lightgen.files import (TEMP_RE, atomic_write, check_writable, open_rgb, read_json, remove_stale_temps,
+                            writable_dir)
 from lightgen.errors import InputError
 
 SHARD_SIZE = 1000
@@ -90,6 +91,20 @@ def _complete(out: Path, keys: list[str]) -> set[str]:
     return done
 
 
+def _check_resumable(out: Path, meta: dict) -> None:
+    """`out` is missing, empty, or a distillation with the same settings (`meta`); else an InputError."""
+    meta_path = out / "meta.json"
+    if meta_path.exists():
+        old = read_json(meta_path, "distillation record")
+        diff = [k for k in meta if old.get(k) != meta[k]]
+        if diff:
+            raise InputError(f"{meta_path}: {out} holds another distillation (different "
+                             f"{', '.join(f'{k}: {old.get(k)!r}, now {meta[k]!r}' for k in diff)}); "
+                             "use a new --out folder")
+    elif out.is_dir() and any(not TEMP_RE.fullmatch(p.name) for p in out.iterdir()):
+        raise InputError(f"out: {out} holds other files and no distillation meta.json; use a new or empty folder")
+
+
 def distill(teacher: Teacher, captions: Iterable[str], out_dir: str | os.PathLike, n: int | None = None,
             seed: int = 0, batch_size: int = 16, extra: dict[str, Any] | None = None) -> Path:
     """Render `n` samples (default: one per caption) of `captions` with `teacher` into `out_dir`.
@@ -106,21 +121,22 @@ def distill(teacher: Teacher, captions: Iterable[str], out_dir: str | os.PathLik
     n = len(captions) if n is None else n
     if n < 1 or batch_size < 1:
         raise InputError(f"n, batch_size: expected >= 1, got {n}, {batch_size}")
-    out = writable_dir(out_dir, "out")
+    if hasattr(teacher, "check"):  # refuse captions it cannot render before anything is written
+        teacher.check(sorted(set(captions[: n])))
     meta = {"teacher": teacher.name, "resolution": getattr(teacher, "resolution", None), "seed": seed,
             "captions": len(captions), "captions_sha256": hashlib.sha256("\n".join(captions).encode()).hexdigest(),
             **(extra or {})}
+    out = check_writable(out_dir, "out")
+    _check_resumable(out, meta)
+    out = writable_dir(out, "out")
     meta_path = out / "meta.json"
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
-        diff = [k for k in meta if old.get(k) != meta[k]]
-        if diff:
-            raise InputError(f"{meta_path}: {out} holds another distillation (different {', '.join(diff)}); "
-                             "use a new --out folder")
     _atomic_write(meta_path, json.dumps({**meta, "count": None, "complete": False}, indent=1))
 
     keys = [sample_key(i) for i in range(n)]
     done = _complete(out, keys)
+    for shard in {k.split("/")[0] for k in keys}:
+        if (out / shard).is_dir():
+            remove_stale_temps(out / shard)
     todo = [i for i in range(n) if keys[i] not in done]
     with tqdm(total=n, initial=n - len(todo), desc=f"distill {teacher.name}", unit="img") as bar:
         for start in range(0, len(todo), batch_size):
@@ -182,11 +198,7 @@ class T2IFolder(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Any, str]:
         path = self.items[i][0]
-        try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except OSError as e:
-            raise InputError(f"{path}: expected a readable image ({e})") from None
+        image = open_rgb(path, path)
         return (self.transform(image) if self.transform else image), self.caption(i)
 
 

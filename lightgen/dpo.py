@@ -5,8 +5,11 @@ text drop, timesteps and noise for winner and loser. With E the per-image ε-err
 
     loss = −log σ(−β/2 · [(E^θ_w − E^ref_w) − (E^θ_l − E^ref_l)])
 
+The UNet student (lightgen/unet_student.py) feeds its own diffusers objective to the same loss
+(`preference_loss`), with one timestep, noise and text drop per pair.
+
 Pairs follow the official builder: winner = a reference image for the caption (a real image, or the
-testbed teacher's render), loser = the current model's own sample.
+testbed teacher's render), loser = the current model's own sample (either student's pipeline).
 """
 from __future__ import annotations
 
@@ -47,6 +50,12 @@ def dpo_loss(model, batch, config: LightGenConfig, reference, cfg) -> tuple[torc
     err = model(x, text2, reduction="none", vb=cfg.dpo_vb, **shared)
     with torch.no_grad():
         ref = reference(x, text2, reduction="none", vb=cfg.dpo_vb, **shared)
+    return preference_loss(err, ref, cfg)
+
+
+def preference_loss(err: torch.Tensor, ref: torch.Tensor, cfg) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq. 7 on per-sample errors `[winners; losers]` of the policy (`err`) and the frozen reference (`ref`),
+    plus `cfg.dpo_sft_weight` × the winners' mean error; the one implementation every student's DPO uses."""
     (e_w, e_l), (r_w, r_l) = err.chunk(2), ref.chunk(2)
     inside = -0.5 * cfg.dpo_beta * ((e_w - r_w) - (e_l - r_l))
     loss = -F.logsigmoid(inside).mean()
@@ -61,11 +70,10 @@ def build_pairs(ckpt: str | Path, out: str | Path, winners, captions: list[str] 
     """Write `out/winner` and `out/loser`: two text-to-image folders, row-aligned (same captions, same
     order). `winners` is a teacher (renders the captions) or a reference dataset folder (its images, as
     the official builder's real photos). Losers are `ckpt`'s own samples. Both steps resume."""
-    from lightgen.distill import SeededPipeline, T2IFolder, distill, sample_key
-    from lightgen.pipeline import LightGenPipeline
+    from lightgen.distill import T2IFolder, distill, sample_key
 
     out = Path(out)
-    pipe = LightGenPipeline.from_pretrained(ckpt, device=device)
+    losers = _own_sampler(Path(ckpt), steps, guidance_scale, device)
     if isinstance(winners, (str, Path)):
         reference = T2IFolder(winners)
         count = len(reference) if n is None else min(n, len(reference))
@@ -77,14 +85,33 @@ def build_pairs(ckpt: str | Path, out: str | Path, winners, captions: list[str] 
         count = n or len(captions)
         distill(winners, captions, out / "winner", n=count, seed=seed)
         captions = [captions[i % len(captions)] for i in range(count)]
-    # the name identifies the checkpoint (path + weights mtime): a retrained model never resumes old losers
-    weights = Path(ckpt) / f"{pipe.default_weights}.safetensors"
-    name = f"lightgen:{Path(ckpt).resolve()}@{weights.stat().st_mtime_ns}"
-    side = pipe.config.resolution
-    losers = SeededPipeline(pipe, device, name, num_inference_steps=steps, guidance_scale=guidance_scale, height=side,
-                            width=side)
     distill(losers, captions, out / "loser", n=count, seed=seed)
     return out
+
+
+def model_resolution(ckpt: str | Path) -> int:
+    """The sampling resolution of a trained student's pipeline (the UNet's record, else LightGen's config)."""
+    record = Path(ckpt) / "lightgen_student.json"
+    if record.is_file():
+        return int(json.loads(record.read_text())["resolution"])
+    from lightgen.pipeline import read_pipeline_config
+    return read_pipeline_config(ckpt)[0].resolution
+
+
+def _own_sampler(ckpt: Path, steps: int, guidance_scale: float, device: str):
+    """The model's sampler as a teacher, at its resolution. The name identifies the checkpoint (path + weights
+    mtime): a retrained model never resumes old losers."""
+    from lightgen.distill import SeededPipeline
+    from lightgen.pipeline import LightGenPipeline
+
+    side = model_resolution(ckpt)
+    kwargs = dict(num_inference_steps=steps, guidance_scale=guidance_scale, height=side, width=side)
+    if (ckpt / "model_index.json").is_file():  # the UNet student's IFPipeline
+        weights = ckpt / "unet" / "diffusion_pytorch_model.safetensors"
+        return SeededPipeline(str(ckpt), device, f"diffusers:{ckpt.resolve()}@{weights.stat().st_mtime_ns}", **kwargs)
+    pipe = LightGenPipeline.from_pretrained(ckpt, device=device)
+    weights = ckpt / f"{pipe.default_weights}.safetensors"
+    return SeededPipeline(pipe, device, f"lightgen:{ckpt.resolve()}@{weights.stat().st_mtime_ns}", **kwargs)
 
 
 def _copy_rows(reference, out: Path, count: int, key) -> None:

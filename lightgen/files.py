@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from lightgen.errors import InputError
+
+
+TEMP_RE = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")  # atomic_path's mkstemp names: .NAME.XXXXXXXX.tmp
 
 
 @contextlib.contextmanager
@@ -45,16 +50,50 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
-def writable_dir(path: str | os.PathLike, field: str) -> Path:
-    """Create `path` and prove it writable before any long job starts, or raise an InputError."""
+def check_writable(path: str | os.PathLike, field: str) -> Path:
+    """Prove `path` (a directory, made later if missing) writable before any work starts, without creating
+    anything: a probe file in its nearest existing ancestor is made and deleted at once. Else an InputError."""
     path = Path(path)
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists() or p == p.parent)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path / ".write-test"):
-            pass
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "not a directory", str(existing))
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError as e:
-        raise InputError(f"{field}: {path} is not a writable directory ({e.strerror or e})") from None
+        raise InputError(f"{field}: {path} is not a writable directory ({existing}: {e.strerror or e})") from None
     return path
+
+
+def writable_dir(path: str | os.PathLike, field: str) -> Path:
+    """`check_writable`, then create `path` (call it once every input is validated) and drop the temporary
+    files of atomic writes a killed run left in it."""
+    path = check_writable(path, field)
+    path.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
+    return path
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> int:
+    """Delete the hidden `.NAME.XXXX.tmp` files of `atomic_path` writes killed between mkstemp and the rename
+    (a resumed run calls this once per folder it writes into; they never match a sample pattern but waste
+    space). Returns how many were removed."""
+    removed = 0
+    for p in Path(folder).glob(".*.tmp"):
+        if TEMP_RE.fullmatch(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def read_json(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """A JSON file holding an object; anything else is an InputError naming the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"{path}: cannot read the {what} as JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected the {what} as a JSON object, got {type(data).__name__}")
+    return data
 
 
 def read_yaml(path: str | os.PathLike, what: str) -> dict[str, Any]:
@@ -63,8 +102,37 @@ def read_yaml(path: str | os.PathLike, what: str) -> dict[str, Any]:
 
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise InputError(f"{path}: cannot read the {what} ({e})") from e
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise InputError(f"{path}: cannot read the {what} ({e})".replace("\n", " ")) from None
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a mapping of {what} options")
     return raw
+
+
+EIGHT_BIT_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+
+
+def open_rgb(source: str | os.PathLike | Any, where: str | os.PathLike, exif_transpose: bool = False):
+    """An 8-bit RGB PIL image from a path or file object, or an InputError naming `where`: not an image,
+    truncated, or 16-bit / float pixels (mode I;16, I, F), which `convert("RGB")` would clip to white."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(source) as im:
+            if im.mode not in EIGHT_BIT_MODES:
+                raise InputError(f"{where}: {im.mode} pixels (16-bit or float); expected an 8-bit image, "
+                                 f"e.g. convert it to 8-bit RGB PNG")
+            return (ImageOps.exif_transpose(im) if exif_transpose else im).convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"{where}: expected a readable image ({e})") from None
+
+
+def check_output_file(path: str | os.PathLike, field: str) -> Path:
+    """An output file path whose folder is writable (made later if missing) and that is not a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{field}: {path} is a directory; expected a file name")
+    check_writable(path.parent, field)
+    return path

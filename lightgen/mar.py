@@ -71,6 +71,8 @@ class Attention(nn.Module):
             q = _heads(F.linear(query, self.qkv.weight[:D], self.qkv.bias[:D]), self.heads)
             k, v = (_heads(t, self.heads) for t in F.linear(x, self.qkv.weight[D:], self.qkv.bias[D:]).chunk(2, -1))
         bias = self.rel_pos_bias[:, rel].transpose(0, 1).to(q.dtype) if rel is not None else None
+        if bias is not None and bias.shape[-2:] != (q.shape[-2], k.shape[-2]):  # tokens after the grid's (a
+            bias = F.pad(bias, (0, k.shape[-2] - bias.shape[-1], 0, q.shape[-2] - bias.shape[-2]))  # prefix): none
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(x.transpose(1, 2).flatten(2)))
 
@@ -186,6 +188,10 @@ class LightGen(nn.Module):
         self.decoder_embed = nn.Linear(D, D)
         self.decoder_blocks = nn.ModuleList(blk() for _ in range(c.decoder_depth))
         self.decoder_norm = nn.LayerNorm(D, eps=1e-6)
+        if c.trunk_text not in ("none", "pool", "prefix"):
+            raise InputError(f"trunk_text: expected 'none', 'pool' or 'prefix', got {c.trunk_text!r}")
+        if c.trunk_text != "none":  # testbed option (not official): see `_trunk_text`
+            self.trunk_text_proj = nn.Linear(D, D)
         self._init_weights()
         self.diffloss = DiffLoss(c.token_dim, D, c.diffloss_width, c.diffloss_depth, c.num_sampling_steps,
                                  c.clip_sample, c.prediction, c.timestep_shift)
@@ -274,18 +280,23 @@ class LightGen(nn.Module):
         `repeat`: the text batch is `repeat`× the token batch (CFG's [cond ‖ uncond]); encoder and
         decoder never see the text, so they run once and their output is repeated for the cross stack.
         `rows` (B, k): return z at those positions only (B·repeat, k, D). Everything after the decoder's
-        attention is per token, so the last decoder block and the cross stack run on those rows alone."""
+        attention is per token, so the last decoder block and the cross stack run on those rows alone.
+
+        `trunk_text` (testbed option): see `_trunk_text`."""
+        extra, tokens, vis, rows, repeat = self._trunk_text(text, tokens, vis, rows, repeat)
         B, L, _ = tokens.shape
         enc_pos, dec_pos, last_pos, rel = pos
         x = self.z_proj_ln(self.z_proj(tokens) + enc_pos)
         index = vis[..., None].expand(-1, -1, x.shape[-1])
         x = x.gather(1, index)
+        n_vis = x.shape[1]
+        x = x if extra is None else x + extra if extra.shape[1] == 1 else torch.cat([x, extra.expand(B, -1, -1)], 1)
         enc_rel = rel[vis[:, :, None], vis[:, None, :]] if rel is not None else None  # visible pairs
         for block in self.encoder_blocks:
             x = self._run(block, x, enc_rel)
         x = self.decoder_embed(self.encoder_norm(x))
-        full = self.mask_token.to(x.dtype).expand(B, L, -1).scatter(1, index, x)
-        x = full + dec_pos
+        full = self.mask_token.to(x.dtype).expand(B, L, -1).scatter(1, index, x[:, :n_vis]) + dec_pos
+        x = full if extra is None else full + extra if extra.shape[1] == 1 else torch.cat([full, x[:, n_vis:]], 1)
         dec_rel = rel[None] if rel is not None else None
         n_dec = len(self.decoder_blocks)
         for i, block in enumerate(self.decoder_blocks):
@@ -293,12 +304,29 @@ class LightGen(nn.Module):
         if rows is not None:  # (the last decoder block already kept only `rows`)
             x = x if n_dec else take(x, rows)
             last_pos = take(last_pos.expand(B, -1, -1), rows)
+        else:
+            x = x[:, :L]  # (without a caption prefix)
         x = self.last_embed(self.decoder_norm(x)) + last_pos
         x = x.repeat(repeat, 1, 1)
         kv = text.kv if text.kv is not None else self.text_kv(text.states)
         for block, block_kv in zip(self.cross_attn_blocks, kv):
             x = self._run(block, x, block_kv)
         return self.cross_norm(x)
+
+    def _trunk_text(self, text: TextContext, tokens, vis, rows, repeat: int):
+        """The caption's way into encoder and decoder (testbed option `trunk_text`; officially none: the caption
+        enters only through the cross stack after the decoder, so encoder and decoder run once for both CFG halves).
+        "pool": the projected mean of the aligned caption states, added to every encoder and decoder input token (as
+        the UNet peer adds its pooled caption to the time embedding); "prefix": the projected caption states
+        appended to the encoder and decoder sequences (as MAR's class-token buffer). Returns the extra input
+        (B·repeat, 1 or T, D) or None, and the token batch repeated to the text batch."""
+        if self.config.trunk_text == "none":
+            return None, tokens, vis, rows, repeat
+        states = text.states.mean(1, keepdim=True) if self.config.trunk_text == "pool" else text.states
+        if repeat > 1:
+            tokens, vis = tokens.repeat(repeat, 1, 1), vis.repeat(repeat, 1)
+            rows = None if rows is None else rows.repeat(repeat, 1)
+        return self.trunk_text_proj(states), tokens, vis, rows, 1
 
     @staticmethod
     def visible_index(mask: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,10 @@ diffusion head, lr = blr × global batch / 256, linear warm-up then constant, gr
 
 Crash safety: every random draw of step s comes from seeds derived from (seed, s, rank) and the data
 order from (seed, epoch), so the RNG state and data-loader position at a step are functions of the
-step number; a checkpoint holds weights, EMA, optimizer state and the step. A run killed at any point
-and resumed from its last checkpoint therefore ends bitwise identical to an uninterrupted run.
+step number; a checkpoint holds weights, EMA, optimizer state, the fp16 loss scaler's state (when one is
+used) and the step. A run killed at any point and resumed from its last checkpoint therefore ends bitwise
+identical to an uninterrupted run: tests/test_train.py kills a real single-process fp32 CPU run with SIGKILL;
+mixed-precision and multi-process resumes are not tested here (no GPU).
 Checkpoints are written to a temp directory, fsynced, checksummed and renamed; a corrupt one is
 skipped with a warning.
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -32,9 +33,10 @@ from tqdm.auto import tqdm
 from lightgen.cache import FeatureCache
 from lightgen.checkpoint import load_into, load_weights, save_weights
 from lightgen.codecs import config_latents
-from lightgen.config import LightGenConfig
+from lightgen.config import PRESETS, STAGE_FIELDS, LightGenConfig
 from lightgen.dpo import dpo_loss
-from lightgen.errors import InputError, check_known
+from lightgen.errors import BOOL, MAPPING, TEXT, InputError, Rule, check_fields, check_known, check_same, integer, \
+    list_of, nested, number, one_of, optional
 from lightgen.files import read_yaml, writable_dir
 from lightgen.mar import LightGen
 from lightgen.pipeline import read_pipeline_config, write_pipeline
@@ -93,34 +95,45 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "TrainConfig":
-        cfg = cls(**check_known(raw, cls, source))
-        cfg.betas = tuple(cfg.betas)
-        if cfg.objective not in ("kd", "dpo"):
-            raise InputError(f"{source}: objective: expected 'kd' or 'dpo', got {cfg.objective!r}")
-        if cfg.student not in STUDENTS:
-            raise InputError(f"{source}: student: expected one of {', '.join(STUDENTS)}, got {cfg.student!r}")
-        if cfg.student != "lightgen" and cfg.objective == "dpo":
-            raise InputError(f"{source}: objective: dpo is implemented for the lightgen student only")
-        if cfg.unet and cfg.student != "unet":
-            raise InputError(f"{source}: unet: UNet options given, but student is {cfg.student!r}")
-        if cfg.student == "unet":  # its options and text length, before any data is read
-            from lightgen.unet_student import UNetStudentConfig, check_text_length
-            UNetStudentConfig.from_dict(cfg.unet, f"{source}: unet")
-            check_text_length(cfg.model_config(), source)
-        if cfg.mixed_precision not in ("no", "bf16", "fp16", "auto"):
-            raise InputError(f"{source}: mixed_precision: expected no|bf16|fp16|auto, got {cfg.mixed_precision!r}")
-        if cfg.batch_size < 1 or cfg.steps < 1:
-            raise InputError(f"{source}: batch_size and steps must be >= 1")
-        if cfg.head_lr_scale < 0:
-            raise InputError(f"{source}: head_lr_scale: expected >= 0, got {cfg.head_lr_scale}")
         try:
-            cfg.model_config()  # preset and model fields are checked now, not at the first training step
+            return cls(**check_known(raw, cls, source))
         except InputError as e:
             raise InputError(f"{source}: {e}") from None
-        return cfg
+
+    def __post_init__(self) -> None:
+        """Every field is checked here, once, and the model (and UNet) config built from it: a bad value fails
+        when the config is made, before any folder or data is touched."""
+        check_fields(self, TRAIN_RULES)
+        self.betas = tuple(self.betas)
+        if self.student == "unet" and self.dpo_vb:
+            raise InputError("dpo_vb: the UNet student's variance is fixed, it has no VB term")
+        if self.unet and self.student != "unet":
+            raise InputError(f"unet: UNet options given, but student is {self.student!r}")
+        config = nested("model", LightGenConfig, self.model, self.model_config)
+        if self.resolution is not None and self.resolution % config.pixels_per_token:
+            raise InputError(f"resolution: expected a multiple of vae_stride×patch_size = {config.pixels_per_token} "
+                             f"(preset {self.preset!r}), got {self.resolution}")
+        if self.student == "unet":  # its options and text length, before any data is read
+            from lightgen.unet_student import UNetStudentConfig, check_text_length
+            nested("unet", UNetStudentConfig, self.unet)
+            check_text_length(config)
 
     def model_config(self) -> LightGenConfig:
         return LightGenConfig.from_preset(self.preset, **self.model)
+
+
+STUDENTS = ("lightgen", "unet")
+_COUNT = integer(1)
+TRAIN_RULES: dict[str, Rule] = dict(
+    objective=one_of("kd", "dpo"), student=one_of(*STUDENTS), preset=one_of(*PRESETS), model=MAPPING,
+    unet=MAPPING, cache=TEXT, loser_cache=TEXT, out=TEXT, resolution=optional(_COUNT), init_from=optional(TEXT),
+    init_weights=optional(one_of("model", "model_ema")), batch_size=_COUNT, steps=_COUNT, blr=number(0),
+    lr=optional(number(0)), warmup_steps=integer(0), weight_decay=number(0),
+    betas=Rule(lambda v: list_of(number(0, 1, below=True)).ok(v) and len(v) == 2, "two numbers >= 0 and < 1"),
+    grad_clip=number(0, above=True), head_lr_scale=number(0), ema_decay=number(0, 1), ema_warmup=BOOL, flip=BOOL,
+    mirror_captions=BOOL, seed=integer(0), mixed_precision=one_of("no", "bf16", "fp16", "auto"), fused_adamw=BOOL,
+    save_every=_COUNT, keep_last=_COUNT, export_steps=list_of(_COUNT), log_every=_COUNT, num_workers=integer(0),
+    trackers=list_of(TEXT), dpo_beta=number(0, above=True), dpo_sft_weight=number(0), dpo_vb=BOOL)
 
 
 class TrainingDiverged(RuntimeError):
@@ -202,7 +215,8 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def write_checkpoint(root: Path, step: int, model: LightGen, ema: list[torch.Tensor],
-                     opt: torch.optim.Optimizer, cfg: TrainConfig, keep_last: int) -> Path:
+                     opt: torch.optim.Optimizer, cfg: TrainConfig, keep_last: int, scaler=None) -> Path:
+    """`root/step-N`: weights, EMA, optimizer, the fp16 loss scaler's state (when one is used) and the step."""
     final = root / f"step-{step:08d}"
     tmp = root / f".step-{step:08d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -214,6 +228,7 @@ def write_checkpoint(root: Path, step: int, model: LightGen, ema: list[torch.Ten
     save_weights(opt_tensors, tmp / "optimizer.safetensors")
     files = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
     state = {"step": step, "config": dataclasses.asdict(cfg), "optimizer": opt_meta, "sha256": files,
+             "scaler": None if scaler is None else scaler.state_dict(),
              "rng": "derived from (seed, step): see lightgen/train.py"}
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
     for f in tmp.iterdir():
@@ -256,12 +271,10 @@ def kd_loss(model, batch, config: LightGenConfig, **_) -> tuple[torch.Tensor, di
 
 
 # ------------------------------------------------------------------------------------------ students
-STUDENTS = ("lightgen", "unet")
-
 
 class LightGenStudent:
     """The paper's model as the trainer's student: what the trainer needs is building the network,
-    its initial weights from a pipeline, its optimizer groups, its loss on a batch and its export."""
+    its initial weights from a pipeline, its optimizer groups, its KD and DPO losses and its export."""
 
     name = "lightgen"
 
@@ -272,13 +285,19 @@ class LightGenStudent:
         return LightGen(self.config)
 
     def init_state(self, path: str | Path, weights: str | None) -> dict[str, torch.Tensor]:
-        return load_init(path, weights)[1]
+        """`path`'s weights, refused when its config means something else (e.g. an ε head for a v run)."""
+        config, state = load_init(path, weights)
+        check_same(f"init_from {path}", self.config, config, STAGE_FIELDS)
+        return state
 
     def param_groups(self, model: LightGen, weight_decay: float, head_lr_scale: float) -> list[dict]:
         return param_groups(model, weight_decay, head_lr_scale)
 
     def loss(self, model, batch, **_) -> tuple[torch.Tensor, dict[str, float]]:
         return kd_loss(model, batch, self.config)
+
+    def dpo_loss(self, model, batch, reference, cfg) -> tuple[torch.Tensor, dict[str, float]]:
+        return dpo_loss(model, batch, self.config, reference, cfg)
 
     def export(self, path: Path, model: LightGen, ema: list[torch.Tensor], cache: FeatureCache) -> Path:
         return export(path, self.config, model, ema, cache)
@@ -327,13 +346,14 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
     from accelerate.state import AcceleratorState
 
     config, caches = _open_caches(cfg)  # before `out` is made: a bad cache leaves no empty run folder
+    student = make_student(cfg, config, cfg.resolution or config.resolution, caches[0])
+    init_state = student.init_state(cfg.init_from, cfg.init_weights) if cfg.init_from else None  # checked: ditto
     out = writable_dir(cfg.out, "out")
     AcceleratorState._reset_state()  # a process may run several trainings with different precisions
     device = "cuda" if torch.cuda.is_available() else "cpu"
     acc = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision, device),
                       log_with=cfg.trackers or None, project_dir=str(out))
-    student = make_student(cfg, config, cfg.resolution or config.resolution, caches[0])
-    model, reference = _build_models(cfg, student, acc.device)
+    model, reference = _build_models(cfg, student, init_state, acc.device)
     ckpt = _find_checkpoint(cfg, config, resume, out / "checkpoints")
     if ckpt is not None:
         load_into(model, ckpt["model"], "checkpoint model")
@@ -345,6 +365,8 @@ def train(cfg: TrainConfig, resume: str | None = "auto",
     opt, lr_scales = _build_optimizer(cfg, student, model, acc.device, ckpt, out / "checkpoints")
     start = ckpt["step"] if ckpt is not None else 0
     prepared, opt = acc.prepare(model, opt)
+    if acc.scaler is not None and ckpt is not None and ckpt.get("scaler"):  # fp16: the loss scale resumes too
+        acc.scaler.load_state_dict(ckpt["scaler"])
     run = _Run(cfg, student, acc, prepared, acc.unwrap_model(prepared), opt, lr_scales, ema, reference, caches, out)
     loader = torch.utils.data.DataLoader(
         _Rows(caches, cfg.mirror_captions),
@@ -384,14 +406,14 @@ def _open_caches(cfg: TrainConfig) -> tuple[LightGenConfig, list[FeatureCache]]:
     return config, caches
 
 
-def _build_models(cfg: TrainConfig, student, device) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-    """The model to train (seeded init, then `init_from`'s weights if given) and, for DPO, the frozen reference
-    (on `device`)."""
+def _build_models(cfg: TrainConfig, student, init_state: dict[str, torch.Tensor] | None,
+                  device) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """The model to train (seeded init, then `init_from`'s weights `init_state` if given) and, for DPO, the frozen
+    reference (on `device`)."""
     torch.manual_seed(cfg.seed)
     model = student.build()
     reference = None
-    if cfg.init_from:
-        init_state = student.init_state(cfg.init_from, cfg.init_weights)
+    if init_state is not None:
         load_into(model, init_state, f"init_from {cfg.init_from}")
         if cfg.objective == "dpo":
             reference = student.build().eval().requires_grad_(False)
@@ -458,7 +480,7 @@ class _Run:
         cfg, acc = self.cfg, self.acc
         params = list(self.raw_model.parameters())
         bar = tqdm(total=cfg.steps, initial=start, desc=cfg.objective, unit="step", disable=not acc.is_main_process)
-        t_last, seen = time.perf_counter(), 0
+        t_last, cpu_last, seen = time.perf_counter(), time.process_time(), 0
         self.model.train()
         for step, *batch in loader:
             loss, extra, grad_norm = self.step(step, batch)
@@ -468,10 +490,12 @@ class _Run:
             seen += cfg.batch_size
             done = step + 1
             if acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):
-                now = time.perf_counter()
+                now, cpu = time.perf_counter(), time.process_time()
+                # cpu_s: this process's CPU seconds since the last row (steps, checkpoints, snapshots), so
+                # learning curves can be drawn against training CPU time on a shared machine
                 row = {"step": done, "loss": loss.item(), "lr": self.lr_at(step), "grad_norm": float(grad_norm),
-                       "img_per_s": seen / (now - t_last), **extra}
-                t_last, seen = now, 0
+                       "img_per_s": seen / (now - t_last), "cpu_s": cpu - cpu_last, **extra}
+                t_last, cpu_last, seen = now, cpu, 0
                 self.log(done, row, bar, on_step)
             bar.update(1)
             if acc.is_main_process:
@@ -486,8 +510,7 @@ class _Run:
         for group, scale in zip(self.opt.param_groups, self.lr_scales):
             group["lr"] = self.lr_at(step) * scale
         batch = [b.to(acc.device, non_blocking=True) for b in batch]
-        objective = functools.partial(dpo_loss, config=self.student.config) if cfg.objective == "dpo" \
-            else self.student.loss
+        objective = self.student.dpo_loss if cfg.objective == "dpo" else self.student.loss
         with acc.autocast():
             loss, extra = objective(self.model, batch, reference=self.reference, cfg=cfg)
         if not torch.isfinite(loss.detach()).item():
@@ -510,7 +533,8 @@ class _Run:
         """A checkpoint every `save_every` steps and at the end; a pipeline at each of `export_steps`."""
         cfg = self.cfg
         if done % cfg.save_every == 0 or done == cfg.steps:
-            write_checkpoint(self.out / "checkpoints", done, self.raw_model, self.ema, self.opt, cfg, cfg.keep_last)
+            write_checkpoint(self.out / "checkpoints", done, self.raw_model, self.ema, self.opt, cfg, cfg.keep_last,
+                             self.acc.scaler)
         if done in cfg.export_steps:
             self.student.export(self.out / "snapshots" / f"step-{done:08d}", self.raw_model, self.ema, self.caches[0])
 

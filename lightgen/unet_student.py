@@ -34,8 +34,9 @@ import torch.nn.functional as F
 
 from lightgen.cache import FeatureCache
 from lightgen.codecs import config_latents
-from lightgen.config import LightGenConfig
-from lightgen.errors import InputError, check_known
+from lightgen.config import STAGE_FIELDS, LightGenConfig
+from lightgen.errors import InputError, Rule, check_fields, check_known, check_same, integer, list_of, number, \
+    one_of, optional
 from lightgen.text import TextEncoder
 
 IF_MAX_LENGTH = 77  # IFPipeline.encode_prompt's fixed token length
@@ -60,28 +61,37 @@ class UNetStudentConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "unet") -> "UNetStudentConfig":
-        cfg = cls(**check_known(raw, cls, source))
-        levels = len(cfg.block_out_channels)
-        if not all(0 <= a < levels for a in cfg.attention_levels):
-            raise InputError(f"{source}: attention_levels: expected levels in [0, {levels}), got "
-                             f"{cfg.attention_levels}")
-        if cfg.prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise InputError(f"{source}: prediction_type: expected epsilon, v_prediction or sample, got "
-                             f"{cfg.prediction_type!r}")
-        if any(c % cfg.norm_num_groups for c in cfg.block_out_channels):
-            raise InputError(f"{source}: norm_num_groups: {cfg.norm_num_groups} must divide every block_out_channels "
-                             f"entry {cfg.block_out_channels}")
-        return cfg
+        try:
+            return cls(**check_known(raw, cls, source))
+        except InputError as e:
+            raise InputError(f"{source}: {e}") from None
+
+    def __post_init__(self) -> None:
+        check_fields(self, UNET_RULES)
+        levels = len(self.block_out_channels)
+        if not all(0 <= a < levels for a in self.attention_levels):
+            raise InputError(f"attention_levels: expected levels in [0, {levels}), got {self.attention_levels}")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise InputError(f"norm_num_groups: {self.norm_num_groups} must divide every block_out_channels entry "
+                             f"{self.block_out_channels}")
 
 
-def check_text_length(config: LightGenConfig, source: str) -> None:
+UNET_RULES: dict[str, Rule] = dict(
+    block_out_channels=list_of(integer(1), nonempty=True), layers_per_block=integer(1),
+    attention_levels=list_of(integer(0)), attention_head_dim=integer(1), norm_num_groups=integer(1),
+    mid_block_type=one_of("UNetMidBlock2DCrossAttn", "UNetMidBlock2D"), addition_embed_type=optional(one_of("text")),
+    resnet_time_scale_shift=one_of("default", "scale_shift"), num_train_timesteps=integer(2),
+    beta_schedule=one_of("linear", "scaled_linear", "squaredcos_cap_v2"),
+    prediction_type=one_of("epsilon", "v_prediction", "sample"), snr_gamma=optional(number(0, above=True)))
+
+
+def check_text_length(config: LightGenConfig) -> None:
     """What the data side of a UNet student's config must be: pixels, IFPipeline's text length."""
     if config.codec != "pixel":
-        raise InputError(f"{source}: model.codec: the UNet student works on pixels; expected 'pixel', got "
-                         f"{config.codec!r}")
+        raise InputError(f"model.codec: the UNet student works on pixels; expected 'pixel', got {config.codec!r}")
     if config.max_length != IF_MAX_LENGTH:
-        raise InputError(f"{source}: model.max_length: the UNet student is saved as an IFPipeline, which encodes "
-                         f"prompts to {IF_MAX_LENGTH} tokens; expected {IF_MAX_LENGTH}, got {config.max_length}")
+        raise InputError(f"model.max_length: the UNet student is saved as an IFPipeline, which encodes prompts to "
+                         f"{IF_MAX_LENGTH} tokens; expected {IF_MAX_LENGTH}, got {config.max_length}")
 
 
 def build_unet(config: LightGenConfig, unet: UNetStudentConfig, resolution: int):
@@ -126,12 +136,12 @@ def text_encoder_source(config: LightGenConfig, cache: FeatureCache) -> str:
 
 class UNetStudent:
     """What the trainer needs from a student: the network, its initial weights, optimizer groups, its
-    loss on a batch, its export."""
+    loss on a batch (KD) or on a batch of preference pairs (Diffusion-DPO), its export."""
 
     name = "unet"
 
     def __init__(self, config: LightGenConfig, unet: UNetStudentConfig, resolution: int, cache: FeatureCache):
-        check_text_length(config, "unet student")
+        check_text_length(config)
         self.config, self.unet, self.resolution = config, unet, resolution
         self.scheduler = train_scheduler(unet)
         self.text_encoder = text_encoder_source(config, cache)
@@ -142,11 +152,17 @@ class UNetStudent:
         return build_unet(self.config, self.unet, self.resolution)
 
     def init_state(self, path: str | Path, weights: str | None = None) -> dict[str, torch.Tensor]:
-        """The UNet weights of a pipeline this student exported (they are its EMA weights)."""
+        """The UNet weights of a pipeline this student exported (they are its EMA weights), refused when its
+        recorded configs mean something else (e.g. an ε UNet for a v-prediction run)."""
         from diffusers import UNet2DConditionModel
 
         if weights not in (None, "model_ema"):
             raise InputError(f"init_weights: a UNet pipeline holds its EMA weights only, got {weights!r}")
+        record = Path(path) / "lightgen_student.json"
+        if record.is_file():
+            saved = json.loads(record.read_text())
+            check_same(f"init_from {path}", self.unet, UNetStudentConfig(**saved["unet"]), frozenset({"snr_gamma"}))
+            check_same(f"init_from {path}", self.config, LightGenConfig(**saved["lightgen"]), STAGE_FIELDS)
         try:
             return UNet2DConditionModel.from_pretrained(str(path), subfolder="unet").state_dict()
         except (OSError, EnvironmentError) as e:
@@ -170,20 +186,50 @@ class UNetStudent:
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.unet.num_train_timesteps, (x0.shape[0],), device=x0.device)
         drop = torch.rand(x0.shape[0], device=x0.device) < self.config.text_drop_prob
+        error = self._squared_error(model, x0, text, noise, t, drop)
+        if self.unet.snr_gamma is None:
+            return error.mean(), {}
+        return self._per_image(error, t).mean(), {}
+
+    def dpo_loss(self, model, batch, reference, cfg) -> tuple[torch.Tensor, dict[str, float]]:
+        """Diffusion-DPO (lightgen.dpo.preference_loss) on this objective's per-image error, as the official
+        train.py: one timestep, noise and text drop per pair, shared by winner and loser and by the policy
+        and the frozen reference (the starting pipeline)."""
+        from lightgen.dpo import preference_loss
+
+        winners, losers, text = batch
+        x0 = config_latents(torch.cat([winners, losers]), self.config)
+        B = winners.shape[0]
+        noise = torch.randn_like(x0[:B]).repeat(2, 1, 1, 1)
+        t = torch.randint(0, self.unet.num_train_timesteps, (B,), device=x0.device).repeat(2)
+        drop = (torch.rand(B, device=x0.device) < self.config.text_drop_prob).repeat(2)
+        text = text.repeat(2, 1, 1)
+        err = self._per_image(self._squared_error(model, x0, text, noise, t, drop), t)
+        with torch.no_grad():
+            ref = self._per_image(self._squared_error(reference, x0, text, noise, t, drop), t)
+        return preference_loss(err, ref, cfg)
+
+    def _squared_error(self, model, x0, text, noise, t, drop) -> torch.Tensor:
+        """Elementwise (prediction − target)² of the UNet at (x0, noise, t), the target in the scheduler's
+        parametrisation (ε, v or x0); dropped captions see the empty prompt's states."""
         text = torch.where(drop[:, None, None], self.null_text.to(text), text)
         noisy = self.scheduler.add_noise(x0, noise, t)
         target = {"epsilon": noise, "sample": x0}.get(self.unet.prediction_type)
         target = self.scheduler.get_velocity(x0, noise, t) if target is None else target
         pred = model(noisy, t, encoder_hidden_states=text).sample[:, :x0.shape[1]]
+        return F.mse_loss(pred.float(), target.float(), reduction="none")
+
+    def _per_image(self, error: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The per-image objective: mean squared error, Min-SNR weighted with `snr_gamma`."""
+        per_image = error.mean(dim=(1, 2, 3))
         if self.unet.snr_gamma is None:
-            return F.mse_loss(pred.float(), target.float()), {}
+            return per_image
         from diffusers.training_utils import compute_snr
 
         snr = compute_snr(self.scheduler, t)  # min(SNR, γ) / SNR for ε, / (SNR + 1) for v (diffusers' scripts), / 1 for x0
         weight = snr.clamp(max=self.unet.snr_gamma) / {"epsilon": snr, "v_prediction": snr + 1}.get(
             self.unet.prediction_type, 1.0)
-        per_image = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        return (per_image * weight).mean(), {}
+        return per_image * weight
 
     def export(self, path: Path, model: torch.nn.Module, ema: list[torch.Tensor], cache: FeatureCache) -> Path:
         """An IFPipeline directory sampling with the EMA weights; written beside `path` and renamed, so a

@@ -1,6 +1,7 @@
-"""Every command the README and the `--help` epilogs show works as written: each one parses against the CLI,
-and each one that needs no GPU, hub weights or hours runs at tiny sizes in a project folder holding the quick
-demo's `runs/demo` (sizes are appended: the last value of an option wins)."""
+"""Every command the README, the pages under docs/ and the `--help` epilogs show works as written: each one
+parses against the CLI, and each one that needs no GPU, hub weights or hours runs at tiny sizes in a project
+folder holding the quick demo's `runs/demo` (sizes are appended: the last value of an option wins). Every
+relative link and repository path they name exists."""
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ from bench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+PAGES = {p.relative_to(ROOT): p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
 
 
 def _joined(lines) -> list[str]:
@@ -42,7 +44,7 @@ def _help_examples(group: click.Group = main):
             yield from _help_examples(cmd)
 
 
-EXAMPLES = sorted({e for e in [*_joined(l for b in re.findall(r"```bash\n(.*?)```", README, re.S)
+EXAMPLES = sorted({e for e in [*_joined(l for text in PAGES.values() for b in re.findall(r"```bash\n(.*?)```", text, re.S)
                                         for l in b.splitlines()), *_help_examples()]
                    if e.startswith("lightgen-bench ")})
 
@@ -70,10 +72,16 @@ RUN = [
     "lightgen-bench testbed render 'two red circles' out.png",
     "lightgen-bench testbed render 'a photo of a blue square left of a triangle' out.png --resolution 64 --seed 3",
     "lightgen-bench testbed dataset --n 5000 --diversity 200 --resolution 32 --out data/testbed-5k",
+    "lightgen-bench cache data/testbed-5k --out data/testbed-5k.cache --config eval_configs/train/testbed_kd.yaml",
+    "lightgen-bench compare results/testbed/diversity/points/d36780 "
+    "results/testbed/diversity/points/d30 --output d.json",
     "lightgen-bench ablate diversity --config eval_configs/ablations/diversity.yaml --dry-run",
     "lightgen-bench distill --teacher testbed --captions captions.txt --out data/t2i",
     "lightgen-bench cache data/t2i --out data/t2i.cache --config eval_configs/train/testbed_kd.yaml",
     "lightgen-bench train --config eval_configs/train/testbed_kd.yaml --set cache=data/t2i.cache",
+    "lightgen-bench train --config eval_configs/train/testbed_kd.yaml --set cache=data/t2i.cache --set steps=200 "
+    "--set out=runs/short",
+    "lightgen-bench probe runs/kd/pipeline --cache data/t2i.cache --completion 48",
     "lightgen-bench dpo-pairs --ckpt runs/kd/pipeline --teacher testbed --captions captions.txt --out data/pairs",
     "lightgen-bench cache data/pairs/winner --out data/pairs/winner.cache --config eval_configs/train/testbed_dpo.yaml",
     "lightgen-bench cache data/pairs/loser --out data/pairs/loser.cache --config eval_configs/train/testbed_dpo.yaml",
@@ -88,21 +96,35 @@ NOT_RUN = {
     "lightgen-bench demo --output results/demo": "rewrites the committed results/demo",
     "lightgen-bench testbed grid": "rewrites the committed teacher grid (tested with --out in test_testbed_cli)",
     "lightgen-bench testbed prompts": "rewrites the committed prompts (tested with --out in test_testbed_cli)",
-    "lightgen-bench ablate data-scale": LONG, "lightgen-bench ablate guidance --threads 1": LONG,
+    "lightgen-bench testbed grid --out results/testbed/teacher_grid.png": "rewrites the committed teacher grid",
+    "lightgen-bench testbed prompts --out eval_configs/testbed/geneval_testbed.jsonl": "rewrites the committed prompts",
+    "lightgen-bench plot results/testbed/steps": "rewrites a committed plot (plot: test_tables, on copies)",
+    "lightgen-bench plot results/testbed/kd-probes": "rewrites a committed plot (plot: test_tables, on copies)",
+    "lightgen-bench race results/testbed/race/lightgen results/testbed/race/unet --name LightGen --name UNet "
+    "--output results/testbed/race": "rewrites the committed results/testbed/race (race: test_race)",
+    "lightgen-bench ablate steps --config eval_configs/ablations/race-lightgen.yaml --work runs/race-lightgen "
+    "--threads 1 --output results/testbed/race/lightgen": LONG,
+    "lightgen-bench forced --ckpt runs/race-lightgen/train/r32/pipeline --keep 0.5 --outdir runs/forced":
+        "needs the race's LightGen run (its snapshot pipeline)",
+    "lightgen-bench ablate steps --config eval_configs/ablations/race-unet.yaml --work runs/race --threads 1 "
+    "--output results/testbed/race/unet": LONG,
+    "lightgen-bench ablate steps --config eval_configs/ablations/steps-unet-2core.yaml --work runs/ablate/unet "
+    "--threads 1 --output results/testbed/steps": LONG,
+    "lightgen-bench train --config eval_configs/train/testbed_kd.yaml --set cache=data/t2i.cache --set steps=500 "
+    "--set head_lr_scale=20 --set out=runs/hls/20": LONG,
+    "lightgen-bench geneval --ckpt runs/hls/20/pipeline --detector testbed --color-classifier testbed --n-samples 1 "
+    "--steps 32 --guidance-scale 4 --outdir runs/hls/20/eval": "needs that 500-step run (geneval --ckpt runs above)",
+    "lightgen-bench probe runs/ablate/steps-long-lr2e-4/train/r32/snapshots/step-00002000 --cache "
+    "runs/ablate/steps-long-lr2e-4/data-n64000-d36780-r32-s0.cache-a3d2b926e6 --completion 48":
+        "needs that ablation's work folder (probe --completion runs above)",
+    "lightgen-bench ablate guidance --threads 1": LONG,
     "lightgen-bench ablate data-scale --config eval_configs/ablations/data-scale.yaml": LONG,
     "lightgen-bench ablate steps --config eval_configs/ablations/steps.yaml --launcher accelerate": LONG,
     "lightgen-bench probe-kd copy": LONG, "lightgen-bench probe-kd grid --threads 1": LONG,
     "lightgen-bench probe-kd sincos --threads 1": LONG,
     "lightgen-bench probe-kd curve --name eps --set model.prediction=epsilon --threads 1": LONG,
-    "lightgen-bench train --config eval_configs/train/testbed_kd.yaml": LONG,
-    "lightgen-bench train --config eval_configs/train/testbed_kd.yaml --set steps=200 --set out=runs/short": LONG,
-    "lightgen-bench dpo --config eval_configs/train/testbed_dpo.yaml": LONG,
-    "lightgen-bench cache data/testbed-5k --out data/testbed-5k.cache --config eval_configs/train/testbed_kd.yaml": LONG,
     "lightgen-bench testbed dataset --n 5000 --diversity 5000 --out data/testbed-5k-div5k --seed 1": LONG,
     "lightgen-bench distill --teacher testbed --captions captions.txt --out data/distilled --n 10000": LONG,
-    "lightgen-bench geneval --ckpt runs/ablate/steps-long-lr2e-4/train/r32/snapshots/step-00002000 --prompts "
-    "eval_configs/testbed/geneval_testbed.jsonl --detector testbed --color-classifier testbed --n-samples 1 --steps 32 "
-    "--batch-size 64 --guidance-scale 1 --outdir runs/cfg/s2000-g1": "a result of README's: needs that ablation's run",
     "lightgen-bench geneval --ckpt DIR --outdir OUT --shard 0/4 --no-score": "placeholders (DIR, OUT)",
     "lightgen-bench perf --preset testbed --what sample --batch 64 --steps 16": LONG,
     "lightgen-bench perf --preset testbed --what train --batch 64 --output results/perf/cpu_train.json": LONG,
@@ -114,8 +136,6 @@ NOT_RUN = {
     "lightgen-bench train --config eval_configs/train/testbed_unet.yaml --set cache=data/t2i.cache77": LONG,
     "lightgen-bench geneval --pipeline runs/unet/pipeline --detector testbed --steps 20 --guidance-scale 4 "
     "--outdir runs/g-unet": "needs a trained UNet (test_unet_student scores one through geneval --pipeline)",
-    "lightgen-bench compare results/testbed/dpo/points/beta500 results/testbed/dpo/points/before-dpo --output d.json":
-        "needs the DPO ablation rerun with per-prompt counts (compare: test_geneval_stats)",
     "lightgen-bench compare runs/dpo-eval runs/kd-eval": "placeholders for two scored folders (compare: test_geneval_stats)",
     "lightgen-bench compare runs/geneval-ours runs/sd21": "needs SD 2.1 images (compare: test_geneval_stats)",
     "lightgen-bench probe-kd curve --name testbed-small --steps 750 --every 250 --threads 1 --work runs/kd-probes "
@@ -155,6 +175,35 @@ def test_readme_test_command_is_what_ci_runs_and_needs_no_activated_venv():
     ci = (ROOT / ".ci" / "run").read_text()
     run = [line.split("#")[0].strip() for line in ci.splitlines() if "pytest" in line and not line.startswith("#")]
     assert run[0] == second and "deactivate" in ci.split(second)[0]
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+REPO_PATH = re.compile(r"`((?:results|eval_configs|bench|lightgen|tests|docs)/[^`\s]*)`")
+
+
+def _anchors(text: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens (code blocks skipped)."""
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+def test_links_and_named_paths_exist():
+    """Relative links (and their #anchors) resolve from their page; repository paths in backticks from the root
+    (placeholders such as `<label>` or `*` skipped). HTML comments are skipped: they hold notes for later runs."""
+    missing = []
+    for page, text in PAGES.items():
+        text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
+        for target in LINK.findall(text):
+            path, _, anchor = target.partition("#")
+            if "://" in path:
+                continue
+            file = (ROOT / page.parent / path) if path else ROOT / page
+            if not file.exists() or (anchor and anchor not in _anchors(file.read_text())):
+                missing.append(f"{page}: ({target})")
+        for path in REPO_PATH.findall(text):
+            if not re.search(r"[<*{]", path) and not (ROOT / path.split("::")[0]).exists():
+                missing.append(f"{page}: `{path}`")
+    assert not missing, "\n".join(missing)
 
 
 def test_every_example_is_run_or_says_why_not():

@@ -293,6 +293,17 @@ def tiny_clip(tmp_path_factory):
     return "lgb-tiny-clip"
 
 
+def _zero_shot_weights(model, tok, obj: str) -> torch.Tensor:
+    """clip_benchmark 1.4's zero-shot classifier, by hand: per colour, the normalised mean of the normalised
+    template embeddings; (dim, 10)."""
+    weights = []
+    for c in COLORS:
+        e = torch.nn.functional.normalize(model.encode_text(tok([t.format(c=c, obj=obj) for t in TEMPLATES])),
+                                          dim=-1).mean(0)
+        weights.append(e / e.norm())
+    return torch.stack(weights, 1)
+
+
 def test_clip_colour_backend_end_to_end(tiny_clip):
     torch.manual_seed(0)
     clf = ClipColorClassifier(tiny_clip, pretrained=None, device="cpu", batch_size=2)
@@ -304,11 +315,15 @@ def test_clip_colour_backend_end_to_end(tiny_clip):
              for c, n in (((250, 0, 0), "car"), ((0, 0, 250), "bus"), ((250, 250, 0), "car"))]
     got = clf.classify(items[:1]) + clf.classify(items[1:2]) + clf.classify(items[2:])  # one clause per call
     assert len(got) == 3 and set(got) <= set(COLORS) and clf.precision == "fp32"
-    # by hand: normalised image embedding of the crop against the class's weights
+    # by hand: normalised image embedding of the crop against zero-shot weights built from the templates
+    import open_clip
+
     x = clf._preprocess(object_crop(*items[1][:2]))[None]
     with torch.no_grad():
         f = torch.nn.functional.normalize(clf._model.encode_image(x), dim=-1)[0]
-    assert got[1] == COLORS[int((f @ clf.class_weights("bus")).argmax())]
+        want = 100.0 * f @ _zero_shot_weights(clf._model, open_clip.get_tokenizer(tiny_clip), "bus")
+    torch.testing.assert_close(clf.logits(items[1:2])[0], want)
+    assert got[1] == COLORS[int(want.argmax())]
     assert "bus" in clf._weights and len(clf._weights) == 2
     with pytest.raises(ValueError, match="one clause"):
         clf.classify(items)
@@ -328,12 +343,8 @@ def test_clip_logits_under_fp16_autocast_as_clip_benchmark(tiny_clip):
     model, tok = clf._model, open_clip.get_tokenizer(tiny_clip)
     x = torch.stack([clf._preprocess(object_crop(im, d)) for im, d, _ in items])
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):  # clip_benchmark 1.4, amp=True
-        weights = []
-        for c in COLORS:
-            e = torch.nn.functional.normalize(model.encode_text(tok([t.format(c=c, obj="car") for t in TEMPLATES])),
-                                              dim=-1).mean(0)
-            weights.append(e / e.norm())
-        want = 100.0 * torch.nn.functional.normalize(model.encode_image(x), dim=-1) @ torch.stack(weights, 1)
+        image = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
+        want = 100.0 * image @ _zero_shot_weights(model, tok, "car")
     assert want.dtype == torch.float16 and torch.equal(got, want.float())
     with torch.no_grad():
         fp32 = 100.0 * torch.nn.functional.normalize(model.encode_image(x), dim=-1) @ clf.class_weights("car").float()

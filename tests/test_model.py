@@ -17,7 +17,6 @@ from lightgen.diffloss import GaussianDiffusion, _spaced_steps
 from lightgen.errors import InputError
 from lightgen.mar import LightGen
 from lightgen.pipeline import LightGenPipeline, build_text_encoder, sampling_precision
-from lightgen.precision import native_bf16
 
 TSV = Path(__file__).resolve().parent / "data" / "fluid_large_state_dict_keys.tsv"  # the official 813 names/shapes
 SMALL = dict(width=48, num_heads=4, encoder_depth=1, decoder_depth=1, cross_depth=1, text_depth=1,
@@ -221,14 +220,15 @@ def test_cached_sampler_equals_reference_path(schedule, option):
 BF16_TOKEN_RMSE = 0.05  # documented tolerance (README): bf16 vs fp32 tokens, [-1, 1] pixel scale
 
 
-@pytest.mark.skipif(not (native_bf16("cpu") or os.environ.get("LIGHTGEN_BF16_EMULATED")),
-                    reason="no native bf16 matmuls on this CPU (AVX512-BF16/AMX): 'auto' samples in fp32 here "
-                           "(LIGHTGEN_BF16_EMULATED=1 runs this test on emulated bf16)")
-def test_bf16_sampling_stays_within_documented_tolerance():
+def noisy_small_model() -> LightGen:
     model = small_model().eval()
-    for p in model.diffloss.parameters():  # its zero-initialised output layers would make this trivial
+    for p in model.diffloss.parameters():  # its zero-initialised output layers would make bf16 == fp32
         torch.nn.init.normal_(p, std=0.05)
-    text = torch.randn(4, 16, 64)
+    return model
+
+
+def test_bf16_sampling_stays_within_documented_tolerance():
+    model, text = noisy_small_model(), torch.randn(4, 16, 64)
     tokens = {}
     for precision in ("fp32", "bf16"):
         with sampling_precision(precision, "cpu"):
@@ -238,13 +238,18 @@ def test_bf16_sampling_stays_within_documented_tolerance():
     assert 0 < rmse < BF16_TOKEN_RMSE
 
 
-def test_auto_precision_is_the_exact_fp32_path_without_native_bf16():
-    model = small_model().eval()
-    text = torch.randn(2, 16, 64)
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_autocast_exactly_where_bf16_is_native(monkeypatch, native):
+    """native_bf16 is forced each way, so both paths are checked on every CPU (AMX Xeon or AVX2 EPYC)."""
+    monkeypatch.setattr("lightgen.pipeline.native_bf16", lambda device: native)
+    model, text = noisy_small_model(), torch.randn(2, 16, 64)
     with sampling_precision("auto", "cpu"):
         auto = model.sample_tokens(text, gens([0, 1]), num_iter=3)
     exact = model.sample_tokens(text, gens([0, 1]), num_iter=3)
-    assert torch.equal(auto, exact) == (not native_bf16("cpu"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = model.sample_tokens(text, gens([0, 1]), num_iter=3)
+    assert not torch.equal(bf16, exact)  # the two paths are distinguishable at all
+    assert torch.equal(auto, bf16 if native else exact)
     with pytest.raises(InputError, match="precision: expected one of"):
         sampling_precision("fp16", "cpu")
 

@@ -151,3 +151,64 @@ def test_perf_official_times_both_and_records_the_checkout(tmp_path, what):
     assert res["speedup"] == pytest.approx(res["official"]["seconds"] / res["optimised"]["seconds"])
     assert res["official"]["max_abs_diff"]["z"] < 1e-4
     assert record["official"]["files_sha256"] == source_digest(OFFICIAL) and "cpu_flags" in record
+
+
+# ------------------------------------------------------------------------ golden fixture (no checkout needed)
+GOLDEN = Path(__file__).resolve().parent / "fixtures" / "fluid_tiny_golden.safetensors"
+
+
+def _golden_inputs():
+    """The tiny model of the official comparison (seed 0, head redrawn) and fixed inputs: 1 image of 8×8 tokens,
+    half masked, 16 text states, 16 head rows."""
+    torch.manual_seed(0)
+    ours = LightGen(LightGenConfig.from_preset("testbed", **TINY)).eval()
+    for p in ours.diffloss.parameters():  # the head's zero-initialised layers would hide a mismatch
+        torch.nn.init.normal_(p, std=0.05)
+    c, g = ours.config, torch.Generator().manual_seed(0)
+    tokens = torch.randn(1, 64, c.token_dim, generator=g)
+    text = torch.randn(1, c.max_length, c.caption_channels, generator=g)
+    mask = (torch.rand(1, 64, generator=g).argsort(1) < 32).float()
+    return ours, tokens, text, mask, torch.randint(0, 1000, (16,), generator=g)
+
+
+@torch.no_grad()
+def _official_outputs(official, tokens, text, mask, t) -> dict[str, torch.Tensor]:
+    official.eval()
+    official.seq_h = official.seq_w = 8
+    official.seq_len = 64
+    with cuda_noop(torch.device("cpu")):
+        z = official.forward_fluid_text_decoder(
+            official.forward_fluid_decoder(official.forward_fluid_encoder(tokens, mask), mask), official.text_emb(text))
+    return {"z": z.contiguous(), "head": official.diffloss.net(tokens[0, :16], t, z[0, :16]).contiguous()}
+
+
+@torch.no_grad()
+def test_forward_matches_the_official_fluid_golden_outputs():
+    """tests/fixtures/fluid_tiny_golden.safetensors holds what the official FLUID computed on these weights and
+    inputs (tests/fixtures/README.md); our trunk and head must agree with it within 1e-4, with no checkout."""
+    from safetensors.torch import load_file
+
+    ours, tokens, text, mask, t = _golden_inputs()
+    want = load_file(GOLDEN)
+    z = ours.forward_features(tokens, mask, text, 32, 32)
+    assert (z - want["z"]).abs().max() < 1e-4
+    assert (ours.diffloss.net(tokens[0, :16], t, want["z"][0, :16]) - want["head"]).abs().max() < 1e-4
+
+
+@needs_official
+def test_golden_outputs_are_what_the_official_fluid_computes():
+    """Rechecks the committed fixture against the checkout; LIGHTGEN_WRITE_GOLDEN=1 rewrites it (how it was made)."""
+    from safetensors.torch import load_file, save_file
+
+    ours, tokens, text, mask, t = _golden_inputs()
+    official = build_official(load_official(OFFICIAL), ours.config, ours.state_dict(), torch.device("cpu"))
+    got = _official_outputs(official, tokens, text, mask, t)
+    if os.environ.get("LIGHTGEN_WRITE_GOLDEN") == "1":
+        import timm
+
+        save_file(got, str(GOLDEN), metadata={"made_by": "tests/test_official.py::"
+                                                          "test_golden_outputs_are_what_the_official_fluid_computes",
+                                              "official_files_sha256": source_digest(OFFICIAL),
+                                              "torch": torch.__version__, "timm": timm.__version__})
+    want = load_file(GOLDEN)
+    assert all((got[k] - want[k]).abs().max() < 1e-6 for k in ("z", "head"))

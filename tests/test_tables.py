@@ -8,7 +8,7 @@ from PIL import Image
 
 from bench.cli import main
 from bench.tables import (SCORES, build_table, find_summaries, load_baselines, load_results, line_plot, render,
-                          result_row, write_table)
+                          result_row, score_fields, write_table)
 from lightgen.errors import InputError
 
 TASKS = {"single_object": 1.0, "two_object": 0.7, "counting": 0.25, "colors": 0.9, "position": 0.5, "color_attr": 0.125}
@@ -33,7 +33,12 @@ def test_paper_rows_reproduced():
     assert t1["SD v1.5"] == {**t1["SD v1.5"], "params": "0.9B", "data": "2B", "single_object": 0.41, "overall": 0.13}
     assert t1["Flux"]["params"] is None and t1["Flux"]["data"] == "12B"
     t3 = load_baselines(table=3)
-    assert len(t3) == 11 and all(set(SCORES) & set(r) == {"overall"} for r in t3)
+    t3 = {r["model"]: r for r in t3}
+    assert len(t3) == 11 and all(r["overall"] is not None for r in t3.values())
+    assert [m for m, r in t3.items() if not r["params"]] == ["DALL-E 3"]  # the paper prints no size for it
+    assert [m for m, r in t3.items() if r["position"] is None] == ["Chameleon"]  # the only row without tags
+    assert t3["SD1.5"] == {**t3["SD1.5"], "params": "0.9B", "data": "2B", "single_object": 0.97, "counting": 0.35}
+    assert (t3["SEED-X"]["params"], t3["SEED-X"]["color_attr"], t3["DALL-E 3"]["params"]) == ("17B", 0.14, None)
     assert {r["source"] for r in load_baselines()} == {f"LightGen paper Table {n}" for n in (1, 2, 3)}
 
 
@@ -130,3 +135,70 @@ def test_line_plot_png(tmp_path):
     for p in (path, series, bars):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
     assert bars.read_bytes() != plain.read_bytes()  # the interval columns draw bars, not curves of their own
+
+
+def _frame(**cis):
+    rows = [{"x": x, **{t: s * k for t, s in {**TASKS, "overall": 0.5}.items()}} for k, x in ((0.2, 100), (1.0, 200))]
+    return pd.DataFrame(rows).assign(**cis)
+
+
+def test_geneval_figure_has_every_tag_on_a_fixed_axis_with_its_error_bars():
+    from bench.plots import PANELS, geneval_figure
+
+    frame = _frame(position_ci_low=[0.05, 0.3], position_ci_high=[0.2, 0.6], fid=[3000.0, 2000.0])
+    fig = geneval_figure(frame, "UNet: GenEval vs steps", "training steps")
+    axes = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    assert list(axes) == [SCORES[t] for t in PANELS]  # overall and the six tags, in that order
+    assert all(ax.get_ylim() == (-0.03, 1.03) for ax in axes.values())  # fixed 0–1, never auto-scaled
+    (bars,) = axes["Position"].containers
+    segments = bars.lines[2][0].get_segments()  # one vertical segment per point: its interval
+    assert [tuple(s[:, 1]) for s in segments] == [(0.05, 0.2), (0.3, 0.6)]
+    assert not axes["Counting"].containers[0].has_yerr  # no interval columns, no bars
+    assert fig.get_suptitle().startswith("UNet: GenEval vs steps\nerror bars: 95 %")
+    fid = geneval_figure(frame, "t", "steps", extra=("fid", "FID")).axes[-1]
+    assert fid.get_title() == "FID" and fid.get_ylim()[1] < 4000  # its own linear axis
+
+
+def test_intervals_reconstructed_from_counts_are_the_scorers_bootstrap():
+    """One image per prompt: a summary's per-tag counts are its prompt counts up to order, so the reconstructed
+    interval is the scorer's (same bootstrap) when the correct prompts sort first."""
+    from bench.geneval.stats import confidence_intervals
+    from bench.plots import scores_with_intervals
+
+    s = summary()  # 8 images per tag, each its own prompt
+    s["prompts"] = s["images"]
+    rebuilt, flag = scores_with_intervals(s)
+    counts = {t: {f"p{i}": (int(i < v["correct"]), 1) for i in range(8)} for t, v in s["tasks"].items()}
+    ci = confidence_intervals([counts])
+    assert flag and rebuilt["overall_ci_low"] == ci["overall"][0]
+    assert rebuilt["position_ci_high"] == ci["tasks"]["position"][1]
+    assert rebuilt["position_ci_low"] < 0.5 < rebuilt["position_ci_high"]
+    kept, flag = scores_with_intervals({**s, "overall_ci": [0.1, 0.2]})
+    assert not flag and kept["overall_ci_low"] == 0.1  # recorded intervals are never replaced
+    assert scores_with_intervals(summary()) == (score_fields(summary()), False)  # 4 images a prompt: not rebuilt
+
+
+def test_plot_redraws_committed_folders_without_training(tmp_path):
+    """`lightgen-bench plot DIR`: an ablation folder (run.json + points/*/summary.json) and a probe-kd records
+    file; anything else is refused with one line."""
+    abl = tmp_path / "abl"
+    for n in (1000, 4000):
+        point = {"label": f"n{n}", "x": n, "data": {"n": n, "diversity": None}}
+        write_summary(abl / "points" / f"n{n}", summary(point=point, eval={"steps": 20, "guidance_scale": 4.0},
+                                                        probe={"context_gain": 1e-3, "text_gain": -1e-5}))
+    (abl / "run.json").write_text(json.dumps({"config": {"kind": "data-scale", "student": "unet"}}))
+    record = {"kind": "curve", "name": "r", "limit": 120, "points": [
+        {"step": 2, "train_cpu_min": 1.0, "probe": {"context_gain": 0.01},
+         "cfg1": {"overall": 0.1, **{t: 0.1 for t in TASKS}}}]}
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    (probes / "results.jsonl").write_text(json.dumps({"kind": "copy"}) + "\n" + json.dumps(record) + "\n")
+    res = CliRunner().invoke(main, ["plot", str(abl), str(probes)])
+    assert res.exit_code == 0, res.output
+    for png in (abl / "plot.png", abl / "probe.png", probes / "curves.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {png}" in res.output
+    (tmp_path / "empty").mkdir()
+    (probes / "results.jsonl").write_text(json.dumps({"kind": "copy"}) + "\n")
+    for folder, message in ((tmp_path / "empty", "run.json"), (probes, "no `curve` records")):
+        res = CliRunner().invoke(main, ["plot", str(folder)])
+        assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output

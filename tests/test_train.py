@@ -206,7 +206,7 @@ def test_dpo_with_policy_equal_reference_gives_log2(tmp_path, caches):
 @pytest.mark.parametrize("raw, match", [
     ({"bogus_key": 1}, r"unknown key\(s\) \['bogus_key'\]"),
     ({"mixed_precision": "fp8"}, "mixed_precision"),
-    ({"head_lr_scale": -1}, "head_lr_scale: expected >= 0"),
+    ({"head_lr_scale": -1}, "head_lr_scale: expected a finite number >= 0, got -1"),
 ])
 def test_bad_train_config(tmp_path, raw, match):
     path = tmp_path / "c.yaml"
@@ -222,7 +222,7 @@ def test_testbed_vocabulary_is_resolved_by_the_harness_and_refused_by_the_librar
 
     path = Path(__file__).resolve().parents[1] / "eval_configs" / "train" / "testbed_kd.yaml"
     assert load_train_config(path, ("steps=3",)).model["text_vocab"] == vocabulary()
-    with pytest.raises(InputError, match=r"testbed_kd.yaml: text_vocab: .* got the name 'testbed'.*load_train_config"):
+    with pytest.raises(InputError, match=r"testbed_kd.yaml: model.text_vocab: .* got the name 'testbed'.*load_train_config"):
         TrainConfig.from_yaml(path)
 
 
@@ -307,6 +307,37 @@ def test_dotted_set_overrides_merge_into_the_model_section(tmp_path):
         parse_overrides(("model=3", "model.width=8"))
     with pytest.raises(InputError, match=r"^--set: unknown key\(s\) \['stepz'\]"):  # the flag is blamed, not the file
         load_train_config(path, ("stepz=10",))
+
+
+def test_init_from_refuses_a_checkpoint_whose_config_means_something_else(tmp_path, caches):
+    """An ε checkpoint must not start a v-prediction run (same tensors, other meaning); a new resolution may."""
+    first = _cfg(tmp_path / "eps", caches[0])
+    first.steps = 2
+    init = train(first)
+    v_run = TrainConfig(model={**MODEL, "prediction": "v"}, cache=str(caches[0]), out=str(tmp_path / "v"),
+                        init_from=str(init), batch_size=4, steps=1)
+    with pytest.raises(InputError, match=r"^init_from .*: made with an incompatible config: prediction 'epsilon' "
+                                         r"\(this run: 'v'\)$"):
+        train(v_run)
+    assert not (tmp_path / "v").exists()
+
+
+def test_checkpoint_keeps_the_fp16_loss_scaler_state(tmp_path):
+    """What accelerate's GradScaler knows (scale, growth tracker) is written with the step and read back."""
+    from lightgen.train import write_checkpoint
+
+    model = LightGen(LightGenConfig.from_preset("testbed", **MODEL))
+    opt = torch.optim.AdamW(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(torch.ones(()))
+    scaler.update(new_scale=256.0)
+    path = write_checkpoint(tmp_path, 3, model, [p.detach() for p in model.parameters()], opt, TrainConfig(), 1,
+                            scaler)
+    fresh = torch.amp.GradScaler("cpu")
+    fresh.load_state_dict(read_checkpoint(path)["scaler"])
+    assert fresh.state_dict() == scaler.state_dict() and fresh.get_scale() == 256.0
+    assert read_checkpoint(write_checkpoint(tmp_path, 4, model, [p.detach() for p in model.parameters()], opt,
+                                            TrainConfig(), 1))["scaler"] is None  # fp32/bf16: no scaler
 
 
 def test_a_run_without_a_cache_leaves_no_run_folder(tmp_path):

@@ -1,6 +1,7 @@
 """The UNet peer student: same text states, the trainer's machinery (bitwise resume after SIGKILL),
 an IFPipeline export that GenEval's diffusers route scores with no special case."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -129,8 +130,8 @@ def test_multi_stage_init_from_a_unet_pipeline(cache77, tmp_path):
     ({"unet": {**UNET, "channels": 3}}, r"unknown key\(s\) \['channels'\]"),
     ({"unet": {**UNET, "attention_levels": [2]}}, r"attention_levels: expected levels in \[0, 2\)"),
     ({"unet": {**UNET, "norm_num_groups": 3}}, "norm_num_groups: 3 must divide"),
-    ({"objective": "dpo"}, "dpo is implemented for the lightgen student only"),
-    ({"student": "dit"}, "student: expected one of lightgen, unet"),
+    ({"objective": "dpo", "dpo_vb": True}, "dpo_vb: the UNet student's variance is fixed"),
+    ({"student": "dit"}, "student: expected one of 'lightgen', 'unet', got 'dit'"),
     ({"model": {**TEXT, "codec": "vae"}}, "model.codec: the UNet student works on pixels"),
 ])
 def test_bad_unet_student_configs(cache77, tmp_path, change, match):
@@ -204,3 +205,127 @@ def test_pooled_text_unet_has_no_attention_and_follows_the_caption(cache77, tmp_
     with torch.no_grad():
         out = [pipe.unet(x, t, encoder_hidden_states=s[None]).sample for s in states]
     assert not torch.allclose(out[0], out[1])
+
+
+@pytest.fixture(scope="module")
+def losers77(tmp_path_factory):
+    config = LightGenConfig.from_preset("testbed", **TEXT)
+    return build_cache(_records(24, seed=1), tmp_path_factory.mktemp("l77") / "cache", config, build_codec(config),
+                       build_text_encoder(config), 32, shard_size=10)
+
+
+def _pairs(cache77, losers77, n=2):
+    """A DPO batch (winner moments, loser moments, caption states) of the first `n` rows."""
+    winners, losers = FeatureCache(cache77), FeatureCache(losers77)
+    return (torch.stack([winners[i].moments for i in range(n)]), torch.stack([losers[i].moments for i in range(n)]),
+            torch.stack([winners[i].text for i in range(n)]))
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("sft", [0.0, 0.5])
+def test_unet_dpo_loss_is_eq7_on_the_objectives_error(cache77, losers77, prediction, sft):
+    """Oracle UNets that answer in the scheduler's parametrisation plus a constant offset per image have
+    per-image errors offset²: policy (winners 0.1, 0.2; losers 0.3, 0.1), reference 0.2 everywhere, so
+    E_w = (.01, .04), E_l = (.09, .01), R = .04 and with β = 10 the logit −β/2·[(E_w − R_w) − (E_l − R_l)] is
+    +0.4 for pair 1 and −0.15 for pair 2. Both networks see one timestep, noise and text drop per pair."""
+    from types import SimpleNamespace
+
+    from lightgen.codecs import config_latents
+    from lightgen.unet_student import UNetStudent
+
+    config = LightGenConfig.from_preset("testbed", **TEXT, text_drop_prob=0.5)
+    student = UNetStudent(config, UNetStudentConfig.from_dict({**UNET, "prediction_type": prediction}), 32,
+                          FeatureCache(cache77))
+    batch = _pairs(cache77, losers77)
+    x0, abar = config_latents(torch.cat(batch[:2]), config), student.scheduler.alphas_cumprod
+
+    def oracle(offsets, calls):
+        def unet(noisy, t, encoder_hidden_states):
+            a, s = abar[t].sqrt()[:, None, None, None], (1 - abar[t]).sqrt()[:, None, None, None]
+            eps = (noisy - a * x0) / s
+            calls.append((eps, t, encoder_hidden_states))
+            answer = {"epsilon": eps, "v_prediction": a * eps - s * x0, "sample": x0}[prediction]
+            answer = answer + torch.tensor(offsets)[:, None, None, None]
+            return SimpleNamespace(sample=torch.cat([answer, torch.zeros_like(answer)], dim=1))
+        return unet
+
+    mine, theirs = [], []
+    cfg = TrainConfig(student="unet", model=TEXT, unet=UNET, dpo_beta=10.0, dpo_sft_weight=sft)
+    torch.manual_seed(3)
+    loss, logs = student.dpo_loss(oracle([0.1, 0.2, 0.3, 0.1], mine), batch, oracle([0.2] * 4, theirs), cfg)
+    expected = (math.log1p(math.exp(-0.4)) + math.log1p(math.exp(0.15))) / 2 + sft * (0.01 + 0.04) / 2
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    assert logs["reward_margin"] == pytest.approx((0.4 - 0.15) / 2, abs=1e-5) and logs["implicit_acc"] == 0.5
+    assert logs["err_w"] == pytest.approx(0.025, abs=1e-6) and logs["err_l"] == pytest.approx(0.05, abs=1e-6)
+    (eps, t, text), (eps_ref, t_ref, text_ref) = mine[0], theirs[0]
+    torch.testing.assert_close(eps[:2], eps[2:], atol=1e-4, rtol=0)  # winner and loser: the same noise...
+    assert torch.equal(t[:2], t[2:]) and torch.equal(text[:2], text[2:])  # ...timestep and (dropped) caption
+    assert torch.equal(t, t_ref) and torch.equal(text, text_ref) and torch.equal(eps, eps_ref)  # as the reference
+
+
+def test_unet_dpo_step_raises_the_winners_implicit_reward(cache77, losers77):
+    """From policy = reference (loss log 2, margin 0), one gradient step on the pairs lowers the policy's error
+    on the winners relative to the losers, against the reference's (the errors at the start, same draws): the
+    implicit reward margin turns > 0."""
+    from lightgen.unet_student import UNetStudent
+
+    config = LightGenConfig.from_preset("testbed", **TEXT)
+    student = UNetStudent(config, UNetStudentConfig.from_dict({**UNET, "prediction_type": "v_prediction"}), 32,
+                          FeatureCache(cache77))
+    torch.manual_seed(0)
+    policy = student.build()
+    reference = student.build().requires_grad_(False)
+    reference.load_state_dict(policy.state_dict())
+    cfg = TrainConfig(student="unet", model=TEXT, unet=UNET, dpo_beta=100.0)
+    batch = _pairs(cache77, losers77, n=4)
+
+    def margin():
+        torch.manual_seed(1)
+        return student.dpo_loss(policy, batch, reference, cfg)
+
+    loss, start = margin()
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6) and start["reward_margin"] == 0.0
+    loss.backward()
+    torch.optim.SGD(policy.parameters(), lr=1e-3).step()
+    loss, after = margin()
+    assert after["err_w"] - after["err_l"] < start["err_w"] - start["err_l"]  # the reference's errors: `start`'s
+    assert after["reward_margin"] > 0 and loss.item() < math.log(2)
+
+
+@pytest.fixture(scope="module")
+def unet_pipeline(cache77, tmp_path_factory):
+    """A tiny UNet student trained 4 steps: the starting pipeline (frozen reference) of DPO tests."""
+    return train(_cfg(tmp_path_factory.mktemp("start"), cache77))
+
+
+def test_unet_dpo_sigkill_then_resume_is_bitwise_identical(cache77, losers77, unet_pipeline, tmp_path):
+    """`lightgen-bench train` of a UNet DPO config (objective dpo), killed mid-run and resumed, ends bitwise as
+    an uninterrupted run; the run logs DPO's metrics."""
+    import csv
+
+    config = {"objective": "dpo", "student": "unet", "model": TEXT, "unet": UNET, "cache": str(cache77),
+              "loser_cache": str(losers77), "init_from": str(unet_pipeline), "batch_size": 4, "steps": 8,
+              "save_every": 3, "log_every": 1, "warmup_steps": 2, "ema_decay": 0.9, "lr": 1e-3, "flip": False,
+              "dpo_beta": 100.0, "dpo_sft_weight": 0.5}
+    clean, resumed = killed_and_clean_runs(tmp_path, config, "step-00000003")
+    a, b = (_weights(p / "unet" / "diffusion_pytorch_model.safetensors") for p in (clean, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = list(csv.DictReader(open(tmp_path / "clean" / "metrics.csv")))
+    assert float(rows[0]["loss"]) > 0 and {"implicit_acc", "reward_margin", "err_w", "err_l"} <= set(rows[0])
+
+
+def test_dpo_pairs_from_a_unet_pipeline(unet_pipeline, tmp_path):
+    """`dpo-pairs --ckpt` on the UNet student's IFPipeline: teacher winners and the UNet's own samples, row-aligned,
+    at its resolution."""
+    from lightgen.distill import T2IFolder
+
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a red circle\na blue square\n")
+    r = CliRunner().invoke(main, ["dpo-pairs", "--ckpt", str(unet_pipeline), "--teacher", "testbed", "--captions",
+                                  str(captions), "--out", str(tmp_path / "pairs"), "--n", "2", "--steps", "2"])
+    assert r.exit_code == 0, r.output
+    winners, losers = T2IFolder(tmp_path / "pairs" / "winner"), T2IFolder(tmp_path / "pairs" / "loser")
+    assert [winners.caption(i) for i in range(2)] == [losers.caption(i) for i in range(2)] == ["a red circle",
+                                                                                                 "a blue square"]
+    assert losers[0][0].size == (32, 32) and winners[0][0].tobytes() != losers[0][0].tobytes()
+    assert json.loads((tmp_path / "pairs" / "loser" / "meta.json").read_text())["teacher"].startswith("diffusers:")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from bench.cli.group import main, threads_option
+from bench.cli.group import POSITIVE, main, threads_option
 
 
 @main.command(epilog="""\b
@@ -19,7 +19,7 @@ Examples:
 @click.option("--quick", is_flag=True, help="Tiny sizes: a smoke run of every step.")
 @click.option("--output", default=None, help="Results folder (default: WORK/results; the committed one is results/demo).")
 @click.option("--work", default=None, help="Data, caches, checkpoints (default: runs/demo[-quick]).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @threads_option
 @click.pass_obj
 def demo(command_line, config_path, quick, output, work, seed):
@@ -30,9 +30,14 @@ def demo(command_line, config_path, quick, output, work, seed):
 
     work = Path(work or ("runs/demo-quick" if quick else "runs/demo"))
     output = Path(output or work / "results")
+    from bench.provenance import environment
+
     summary = run_demo(load_demo_config(config_path, quick), output, work, seed, command_line)
     click.echo((output / "table.md").read_text())
     click.echo(json.dumps(summary["runs"], indent=2))
+    env = environment()
+    click.echo(f"machine: {env['cpu']}; precision: {env['auto_precision']} (what 'auto' runs as on this CPU); "
+               f"torch threads: {env['torch_threads']}")
     click.echo(f"wall time {summary['wall_s'] / 60:.1f} min; results in {output}")
 
 
@@ -48,7 +53,7 @@ Examples:
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Ablation config (default: eval_configs/ablations/KIND.yaml).")
 @click.option("--output", default=None, help="Results folder (default: WORK/results; the committed one is "
-              "results/testbed/<config name>).")
+              "results/testbed/<kind>).")
 @click.option("--work", default=None, help="Data, caches, checkpoints (default: runs/ablate/<config name>).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and an estimated time, run nothing.")
 @click.option("--launcher", type=click.Choice(["local", "accelerate"]), default="local", show_default=True,
@@ -87,9 +92,9 @@ Examples:
 @click.option("--name", default="kd", show_default=True, help="curve: the recipe's name (its run folder).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="curve: override a KD config key (model.FIELD for the model).")
-@click.option("--steps", type=int, default=1000, show_default=True, help="curve: KD steps.")
-@click.option("--every", type=int, default=250, show_default=True, help="curve: snapshot interval.")
-@click.option("--limit", type=int, default=120, show_default=True, help="curve: testbed prompts per snapshot.")
+@click.option("--steps", type=POSITIVE, default=1000, show_default=True, help="curve: KD steps.")
+@click.option("--every", type=POSITIVE, default=250, show_default=True, help="curve: snapshot interval.")
+@click.option("--limit", type=POSITIVE, default=120, show_default=True, help="curve: testbed prompts per snapshot.")
 @threads_option
 @click.pass_obj
 def probe_kd(command_line, kind, work, output, name, overrides, steps, every, limit):

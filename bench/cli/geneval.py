@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from bench.cli.group import main, threads_option
+from bench.cli.group import NON_NEGATIVE, POSITIVE, main, threads_option
 from bench.geneval.rules import Rules
 from lightgen.errors import InputError
 
@@ -26,7 +26,7 @@ def _scoring_options(f):
                      help="Detector weights. mask2former: GenEval's mmdet .pth (path or URL; converted once and "
                           "cached), a converted directory, or a transformers hub id / directory (default: GenEval's "
                           "own checkpoint, downloaded). mmdet: path or URL."),
-        click.option("--image-size", type=int, default=None,
+        click.option("--image-size", type=click.IntRange(min=0), default=None,
                      help="Detector input short side (official 800; 0 = original size)."),
         click.option("--color-classifier", default=None, type=click.Choice(["clip", "testbed"]),
                      help="Colour backend (default: testbed with --detector testbed, else clip)."),
@@ -34,11 +34,13 @@ def _scoring_options(f):
         click.option("--device", default=None, help="cpu / cuda (default: cuda if available)."),
         click.option("--score-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
                      help="Images decoded per step (the detector still sees one image per forward, CLIP one clause)."),
-        click.option("--num-workers", default=2, show_default=True, help="DataLoader workers decoding images."),
+        click.option("--num-workers", type=click.IntRange(min=0), default=2, show_default=True,
+                     help="DataLoader workers decoding images."),
         click.option("--results", type=click.Path(dir_okay=False), default=None,
                      help="results.jsonl path (default: OUTDIR/results.jsonl)."),
         click.option("--allow-missing", is_flag=True, help="Score what is there despite missing folders/images."),
-        *[click.option(f"--{k.replace('_', '-')}", k, type=type(v), default=v, show_default=True,
+        *[click.option(f"--{k.replace('_', '-')}", k, type=POSITIVE if isinstance(v, int) else NON_NEGATIVE,
+                       default=v, show_default=True,
                        help="GenEval option (official default).") for k, v in RULE_DEFAULTS.items()],
     ]
     for o in reversed(opts):
@@ -112,10 +114,11 @@ Examples:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N prompts (smoke tests).")
 @click.option("--n-samples", type=click.IntRange(min=1), default=4, show_default=True,
               help="Images per prompt (official: 4).")
-@click.option("--steps", type=int, default=None, help="Sampling steps (default: the generator's).")
-@click.option("--guidance-scale", type=float, default=None, help="Guidance scale (default: the generator's).")
-@click.option("--resolution", type=int, default=None, help="Image side in pixels (default: the generator's).")
-@click.option("--seed", default=0, show_default=True, help="Base seed; image (i, k) gets hash(seed, i, k).")
+@click.option("--steps", type=POSITIVE, default=None, help="Sampling steps (default: the generator's).")
+@click.option("--guidance-scale", type=NON_NEGATIVE, default=None, help="Guidance scale (default: the generator's).")
+@click.option("--resolution", type=POSITIVE, default=None, help="Image side in pixels (default: the generator's).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Base seed; image (i, k) gets hash(seed, i, k).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Images per generator call.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
               help="diffusers pipeline weights dtype (default: as stored).")
@@ -127,12 +130,15 @@ Examples:
 def geneval(ckpt, pipeline, testbed, outdir, prompts, limit, n_samples, steps, guidance_scale, resolution, seed, batch_size,
             dtype, shard, grid, no_score, **opts):
     """Generate GenEval images (resumable, sharded) and score them."""
-    from bench.geneval.generate import generate, get_generator
+    from bench.geneval.generate import check_generator_choice, generate, get_generator
+    from lightgen.files import check_writable
 
+    check_generator_choice(ckpt, pipeline, testbed)  # before any detector is fetched
     try:
         i, n = (int(x) for x in shard.split("/"))
     except ValueError:
         raise InputError(f"--shard {shard}: expected i/n, e.g. 0/4") from None
+    check_writable(outdir, "--outdir")
     from bench.testbed.recognise import testbed_pipeline
     detector, classifier = _scorer(opts, "--testbed" if testbed else ckpt if testbed_pipeline(ckpt) else None)
     prompt_list = _load_prompts(prompts, testbed or opts["detector"] == "testbed", limit, detector.classes)
@@ -224,10 +230,10 @@ Examples:
               help="Feature extractor (default: testbed when A or B holds testbed images, else clean).")
 @click.option("--inception", type=click.Path(exists=True), default=None,
               help="Local inception-2015-12-05.pt (clean); else downloaded on first use.")
-@click.option("--resolution", type=int, default=None, help="Resize images (clean-fid's PIL bicubic) first.")
-@click.option("--num", type=int, default=None, help="Use the first N images of each folder.")
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--num-workers", default=0, show_default=True)
+@click.option("--resolution", type=POSITIVE, default=None, help="Resize images (clean-fid's PIL bicubic) first.")
+@click.option("--num", type=POSITIVE, default=None, help="Use the first N images of each folder.")
+@click.option("--batch-size", type=POSITIVE, default=32, show_default=True)
+@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default=None, help="cpu / cuda (default: cuda if available).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Where folder statistics are cached (default ~/.cache/lightgen-bench/fid).")
@@ -241,9 +247,11 @@ def fid_cmd(a, b, extractor, inception, resolution, num, batch_size, num_workers
     import torch
 
     from bench.fid import CACHE_DIR, CleanInception, fid
-    from lightgen.files import write_text
+    from lightgen.files import check_output_file, write_text
 
     from bench.testbed.recognise import testbed_folder
+    if out:
+        check_output_file(out, "--out")
     if extractor is None:
         extractor = "testbed" if testbed_folder(a) or testbed_folder(b) else "clean"
         click.echo(f"extractor: {extractor} (default for {'testbed' if extractor == 'testbed' else 'these'} images; "
@@ -259,4 +267,5 @@ def fid_cmd(a, b, extractor, inception, resolution, num, batch_size, num_workers
     if "warning" in result:
         click.echo(f"warning: {result['warning']}", err=True)
     if out:
-        write_text(out, json.dumps(result, indent=2) + "\n")
+        from bench.provenance import environment
+        write_text(out, json.dumps({**result, **environment()}, indent=2) + "\n")

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from bench.cli.group import main, threads_option
+from bench.cli.group import NON_NEGATIVE, POSITIVE, main, threads_option
 
 
 @main.command(epilog="""\b
@@ -18,11 +18,11 @@ Examples:
 """)
 @click.option("--preset", default="testbed", show_default=True)
 @click.option("--what", type=click.Choice(["train", "sample", "fid"]), default="sample", show_default=True)
-@click.option("--batch", default=32, show_default=True, help="Images per step / per sampling call.")
-@click.option("--resolution", type=int, default=None, help="Pixels (default: the preset's).")
-@click.option("--steps", default=64, show_default=True, help="AR steps (sample).")
-@click.option("--guidance-scale", default=4.0, show_default=True, help="Guidance scale (sample).")
-@click.option("--iters", default=3, show_default=True, help="Timed repetitions (median reported).")
+@click.option("--batch", type=POSITIVE, default=32, show_default=True, help="Images per step / per sampling call.")
+@click.option("--resolution", type=POSITIVE, default=None, help="Pixels (default: the preset's).")
+@click.option("--steps", type=POSITIVE, default=64, show_default=True, help="AR steps (sample).")
+@click.option("--guidance-scale", type=NON_NEGATIVE, default=4.0, show_default=True, help="Guidance scale (sample).")
+@click.option("--iters", type=POSITIVE, default=3, show_default=True, help="Timed repetitions (median reported).")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="Also time the unoptimised reference path and print the ratio.")
 @click.option("--official", type=click.Path(file_okay=False), default=None,

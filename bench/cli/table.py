@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 
-from bench.cli.group import main
+from bench.cli.group import POSITIVE, main
 
 
 @main.command(epilog="""\b
@@ -21,15 +22,25 @@ Examples:
               help="Baseline rows, .yaml or .csv (default with --paper-table: the paper's, "
                    "eval_configs/baselines/paper_tables.yaml).")
 @click.option("--paper-table", type=int, default=None,
-              help="Only this table's baseline rows: 1 (256 px), 2 (512 px), 3 (overall, quoted from other papers).")
+              help="Only this table's baseline rows: 1 (256 px), 2 (512 px), 3 (quoted from other papers).")
 @click.option("--name", "names", multiple=True, help="Row name per summary, in order (default: its folder name).")
-@click.option("--format", "fmt", type=click.Choice(["md", "latex", "csv"]), default="md", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["md", "latex", "csv"]), default=None,
+              help="Output format (default: from the --output suffix .md/.tex/.csv, else md).")
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write here (atomically), not stdout.")
 def table(results, baselines, paper_table, names, fmt, output):
     """Paper-style GenEval table: per-tag scores and overall, best per column in bold, and a Source
     column (our detector, image size and image count, or the paper's table). Paper rows come first."""
-    from bench.tables import PAPER_TABLES, build_table, load_baselines, load_results, render, write_table
+    from bench.tables import FORMATS, PAPER_TABLES, build_table, load_baselines, load_results, render, write_table
     from lightgen.errors import InputError
+    from lightgen.files import check_output_file
+
+    if output:
+        check_output_file(output, "--output")
+        by_suffix = next((f for f, s in FORMATS.items() if s == Path(output).suffix), None)
+        if fmt and by_suffix and fmt != by_suffix:
+            raise InputError(f"--format {fmt}: {output} names a {by_suffix} file; drop --format or rename the file")
+        if not (fmt or by_suffix):
+            raise InputError(f"--output {output}: expected a .md, .tex or .csv name, or --format")
 
     rows = load_baselines(baselines or PAPER_TABLES, paper_table) if baselines or paper_table is not None else []
     rows += load_results(results, names)
@@ -39,18 +50,19 @@ def table(results, baselines, paper_table, names, fmt, output):
     if output:
         click.echo(f"wrote {write_table(frame, output, fmt)}")
     else:
-        click.echo(render(frame, fmt), nl=False)
+        click.echo(render(frame, fmt or "md"), nl=False)
 
 
 @main.command(epilog="""\b
 Examples:
   lightgen-bench compare runs/dpo-eval runs/kd-eval                 # does DPO beat KD on these prompts?
-  lightgen-bench compare results/testbed/dpo/points/beta500 results/testbed/dpo/points/before-dpo --output d.json
+  lightgen-bench compare results/testbed/diversity/points/d36780 \\
+      results/testbed/diversity/points/d30 --output d.json   # two committed ablation points
 """)
 @click.argument("a", type=click.Path(exists=True))
 @click.argument("b", type=click.Path(exists=True))
-@click.option("--resamples", default=2000, show_default=True, help="Bootstrap replicates.")
-@click.option("--seed", default=0, show_default=True, help="Bootstrap seed (same seed, same interval).")
+@click.option("--resamples", type=POSITIVE, default=2000, show_default=True, help="Bootstrap replicates.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Bootstrap seed (same seed, same interval).")
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="Also write the comparison as JSON (with the command, versions and git commit).")
 @click.pass_obj
@@ -63,10 +75,10 @@ def compare(command_line, a, b, resamples, seed, output):
     from bench.geneval.compare import format_comparison
     from bench.geneval.stats import Bootstrap
     from bench.provenance import run_record
-    from lightgen.files import write_text
+    from lightgen.files import check_output_file, write_text
 
-    if resamples < 1:
-        raise click.BadParameter("expected >= 1", param_hint="--resamples")
+    if output:
+        check_output_file(output, "--output")
     started = time.perf_counter()
     result = compare_results(a, b, Bootstrap(resamples=resamples, seed=seed))
     click.echo(format_comparison(result))

@@ -1,11 +1,10 @@
 """Testbed commands (render, dataset, prompts, grid) and the generic `distill` command."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import click
 
-from bench.cli.group import main, threads_option
+from bench.cli.group import POSITIVE, main, threads_option
 
 
 @main.group(epilog="""\b
@@ -24,13 +23,17 @@ Examples:
 """)
 @click.argument("caption")
 @click.argument("out", type=click.Path(dir_okay=False))
-@click.option("--resolution", default=32, show_default=True, help="Image side in pixels (>= 32).")
-@click.option("--seed", default=0, show_default=True, help="Layout and unstated colours.")
+@click.option("--resolution", type=POSITIVE, default=32, show_default=True, help="Image side in pixels (>= 32).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Layout and unstated colours.")
 def render(caption, out, resolution, seed):
     """Render one caption of the testbed grammar to a PNG."""
     from bench.testbed.teacher import render as render_caption
+    from lightgen.files import atomic_path, check_output_file
 
-    render_caption(caption, resolution, seed).save(out)
+    check_output_file(out, "OUT")
+    image = render_caption(caption, resolution, seed)
+    with atomic_path(out) as tmp:
+        image.save(tmp, format="PNG")
     click.echo(f"wrote {out}")
 
 
@@ -39,11 +42,11 @@ Examples:
   lightgen-bench testbed dataset --n 5000 --diversity 200 --resolution 32 --out data/testbed-5k
   lightgen-bench testbed dataset --n 5000 --diversity 5000 --out data/testbed-5k-div5k --seed 1
 """)
-@click.option("--n", "n", default=5000, show_default=True, help="Images (volume).")
-@click.option("--diversity", default=200, show_default=True, help="Distinct captions they are drawn from.")
-@click.option("--resolution", default=32, show_default=True)
-@click.option("--seed", default=0, show_default=True, help="Caption pool, caption order and per-image seeds.")
-@click.option("--batch-size", default=256, show_default=True)
+@click.option("--n", "n", type=POSITIVE, default=5000, show_default=True, help="Images (volume).")
+@click.option("--diversity", type=POSITIVE, default=200, show_default=True, help="Distinct captions they are drawn from.")
+@click.option("--resolution", type=POSITIVE, default=32, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Caption pool, caption order and per-image seeds.")
+@click.option("--batch-size", type=POSITIVE, default=256, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @threads_option
 def dataset(n, diversity, resolution, seed, batch_size, out):
@@ -59,33 +62,38 @@ def dataset(n, diversity, resolution, seed, batch_size, out):
 
 
 @testbed.command(epilog="""\b
-Example:
-  lightgen-bench testbed prompts   # rewrites eval_configs/testbed/geneval_testbed.jsonl
+Examples:
+  lightgen-bench testbed prompts   # runs/testbed/geneval_testbed.jsonl; diff it with the committed one
+  lightgen-bench testbed prompts --out eval_configs/testbed/geneval_testbed.jsonl   # refresh it deliberately
 """)
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Output .jsonl (default: eval_configs/testbed/geneval_testbed.jsonl).")
+@click.option("--out", type=click.Path(dir_okay=False), default="runs/testbed/geneval_testbed.jsonl", show_default=True,
+              help="Output .jsonl (the committed one is eval_configs/testbed/geneval_testbed.jsonl).")
 def prompts(out):
     """Regenerate the testbed's GenEval prompts (official metadata schema)."""
-    from bench.testbed.prompts import PROMPTS_PATH, write_prompts
+    from bench.testbed.prompts import write_prompts
+    from lightgen.files import check_output_file
 
-    path = write_prompts(out or PROMPTS_PATH)
+    path = write_prompts(check_output_file(out, "--out"))
     click.echo(f"wrote {sum(1 for _ in path.open())} prompts to {path}")
 
 
 @testbed.command(epilog="""\b
-Example:
-  lightgen-bench testbed grid   # rewrites results/testbed/teacher_grid.png
+Examples:
+  lightgen-bench testbed grid   # runs/testbed/teacher_grid.png
+  lightgen-bench testbed grid --out results/testbed/teacher_grid.png   # refresh the committed one deliberately
 """)
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Output PNG (default: results/testbed/teacher_grid.png).")
-@click.option("--resolution", default=32, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default="runs/testbed/teacher_grid.png", show_default=True,
+              help="Output PNG (the committed one is results/testbed/teacher_grid.png).")
+@click.option("--resolution", type=POSITIVE, default=32, show_default=True)
 def grid(out, resolution):
     """Regenerate the grid of teacher renders, one row per GenEval tag."""
-    from bench.testbed.grid import GRID_PATH, teacher_grid
+    from bench.testbed.grid import teacher_grid
+    from lightgen.files import atomic_path, check_output_file
 
-    path = Path(out) if out else GRID_PATH
-    path.parent.mkdir(parents=True, exist_ok=True)
-    teacher_grid(resolution).save(path)
+    path = check_output_file(out, "--out")
+    image = teacher_grid(resolution)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
     click.echo(f"wrote {path}")
 
 
@@ -99,11 +107,11 @@ Examples:
 @click.option("--captions", required=True, type=click.Path(dir_okay=False),
               help="Text file, one caption per line (cycled when --n exceeds it).")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--n", "n", type=int, default=None, help="Images (default: one per caption).")
-@click.option("--resolution", type=int, default=None, help="Image side (default: 32 for testbed, else the pipeline's).")
-@click.option("--seed", default=0, show_default=True, help="Per-image seeds derive from (seed, index).")
-@click.option("--steps", type=int, default=None, help="Diffusers: num_inference_steps.")
-@click.option("--batch-size", default=16, show_default=True)
+@click.option("--n", "n", type=POSITIVE, default=None, help="Images (default: one per caption).")
+@click.option("--resolution", type=POSITIVE, default=None, help="Image side (default: 32 for testbed, else the pipeline's).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Per-image seeds derive from (seed, index).")
+@click.option("--steps", type=POSITIVE, default=None, help="Diffusers: num_inference_steps.")
+@click.option("--batch-size", type=POSITIVE, default=16, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Diffusers: torch device.")
 @threads_option
 def distill(teacher, captions, out, n, resolution, seed, steps, batch_size, device):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from bench.cli.group import main, threads_option
+from bench.cli.group import NON_NEGATIVE, POSITIVE, FiniteFloat, main, threads_option
 from bench.config import load_train_config
 from lightgen.errors import InputError
 
@@ -50,10 +50,12 @@ _RESUME = click.option("--resume", default="auto", show_default=True,
 
 
 @main.command("train", epilog="""\b
-Examples:
-  lightgen-bench train --config eval_configs/train/testbed_kd.yaml
-  lightgen-bench train --config eval_configs/train/testbed_kd.yaml --set steps=200 --set out=runs/short
-  accelerate launch --num_processes 2 -m bench.cli train --config eval_configs/train/testbed_kd.yaml
+Examples (the cache from `lightgen-bench cache`, see its --help):
+  lightgen-bench train --config eval_configs/train/testbed_kd.yaml --set cache=data/t2i.cache
+  lightgen-bench train --config eval_configs/train/testbed_kd.yaml --set cache=data/t2i.cache --set steps=200 \\
+      --set out=runs/short
+  accelerate launch --num_processes 2 -m bench.cli train --config eval_configs/train/testbed_kd.yaml \\
+      --set cache=data/t2i.cache
 """)
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @_SET
@@ -65,8 +67,9 @@ def train_cmd(config_path, overrides, resume):
 
 
 @main.command("dpo", epilog="""\b
-Example:
-  lightgen-bench dpo --config eval_configs/train/testbed_dpo.yaml
+Example (winner and loser caches from `dpo-pairs` and `cache`, the reference from `train`):
+  lightgen-bench dpo --config eval_configs/train/testbed_dpo.yaml --set init_from=runs/kd/pipeline \\
+      --set cache=data/pairs/winner.cache --set loser_cache=data/pairs/loser.cache
 """)
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @_SET
@@ -90,10 +93,11 @@ Examples:
 @click.option("--reference", type=click.Path(exists=True, file_okay=False),
               help="A text-to-image dataset whose images are the winners (official builder).")
 @click.option("--out", "--output", "out", required=True, type=click.Path(file_okay=False))
-@click.option("--n", type=int, default=None, help="Number of pairs (default: all captions).")
-@click.option("--steps", default=64, show_default=True)
-@click.option("--guidance-scale", default=4.0, show_default=True, help="Guidance scale of the losers' samples.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--n", type=POSITIVE, default=None, help="Number of pairs (default: all captions).")
+@click.option("--steps", type=POSITIVE, default=64, show_default=True)
+@click.option("--guidance-scale", type=NON_NEGATIVE, default=4.0, show_default=True,
+              help="Guidance scale of the losers' samples.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @threads_option
 def dpo_pairs(ckpt, teacher, captions, reference, out, n, steps, guidance_scale, seed, device):
@@ -121,10 +125,11 @@ Example:
 @click.argument("ckpt", type=click.Path(exists=True, file_okay=False))
 @click.option("--cache", required=True, type=click.Path(exists=True, file_okay=False),
               help="Feature cache of the model's training data.")
-@click.option("--n", default=256, show_default=True, help="Images probed.")
-@click.option("--masked", default=0.5, show_default=True, help="Fraction of tokens masked.")
+@click.option("--n", type=POSITIVE, default=256, show_default=True, help="Images probed.")
+@click.option("--masked", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.5, show_default=True,
+              help="Fraction of tokens masked.")
 @click.option("--weights", type=click.Choice(["model", "model_ema"]), default=None)
-@click.option("--completion", default=0, show_default=True,
+@click.option("--completion", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also regenerate the right half of this many of the probed images (evenly spaced) from their "
                    "own / another image's left half (ratio of errors ~1: sampling ignores what is already drawn). "
                    "0 = off.")
@@ -143,7 +148,7 @@ def _teacher(name: str, ckpt: str):
     """Winner renderer at the model's resolution."""
     if name == "testbed":
         from bench.testbed.teacher import TestbedTeacher
-        from lightgen.pipeline import read_pipeline_config
-        return TestbedTeacher(resolution=read_pipeline_config(ckpt)[0].resolution)
+        from lightgen.dpo import model_resolution
+        return TestbedTeacher(resolution=model_resolution(ckpt))
     from lightgen.distill import SeededPipeline
     return SeededPipeline(name)

@@ -14,8 +14,14 @@ from pathlib import Path
 from bench.geneval.stats import Bootstrap, paired_difference, prompt_counts
 from bench.geneval.summary import read_results
 from lightgen.errors import InputError
+from lightgen.files import read_json
 
-SCORER = ("detector", "checkpoint", "color_classifier")
+SCORER = ("detector", "checkpoint", "color_classifier", "rules")
+
+
+def _scorer(record: dict) -> str:
+    """The scorer settings of a row or summary, as one comparable string."""
+    return json.dumps({k: record.get(k) for k in SCORER}, sort_keys=True)
 
 
 def load_runs(path: str | os.PathLike) -> tuple[list[dict], tuple]:
@@ -27,14 +33,14 @@ def load_runs(path: str | os.PathLike) -> tuple[list[dict], tuple]:
         path = path / "results.jsonl"
     if path.is_file() and path.suffix == ".jsonl":
         rows = [r for r in read_results(path) if not r.get("error")]
-        scorers = {tuple(r.get(k) for k in SCORER) for r in rows}
+        scorers = {_scorer(r) for r in rows}
         if len(scorers) != 1:
             raise InputError(f"{path}: expected scored rows of one scorer, found {len(scorers)}")
         return [prompt_counts(rows)], scorers.pop()
     if summary.is_file():
-        s = json.loads(summary.read_text())
-        if s.get("prompt_counts"):
-            return s["prompt_counts"], tuple(s.get(k) for k in SCORER)
+        s = read_json(summary, "GenEval summary")
+        if isinstance(s.get("prompt_counts"), list) and s["prompt_counts"]:
+            return s["prompt_counts"], _scorer(s)
         raise InputError(f"{summary}: no prompt_counts (written before intervals existed); rescore the folder")
     raise InputError(f"{path}: expected a results.jsonl or summary.json, or a folder holding one")
 
@@ -44,7 +50,7 @@ def compare(a: str | os.PathLike, b: str | os.PathLike, boot: Bootstrap = Bootst
     (runs_a, scorer_a), (runs_b, scorer_b) = load_runs(a), load_runs(b)
     if scorer_a != scorer_b:
         raise InputError(f"{b}: scored by {scorer_b}, {a} by {scorer_a}; compare results of one scorer")
-    return {"a": str(a), "b": str(b), "scorer": dict(zip(SCORER, scorer_a)), **paired_difference(runs_a, runs_b, boot)}
+    return {"a": str(a), "b": str(b), "scorer": json.loads(scorer_a), **paired_difference(runs_a, runs_b, boot)}
 
 
 def format_comparison(d: dict) -> str:

@@ -6,17 +6,23 @@ the images do not depend on batch size, sharding or resumption.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from bench.geneval.layout import is_complete, write_prompt
+from bench.geneval.layout import is_complete, read_layout, write_prompt
 from lightgen.distill import SeededPipeline, sample_seed
 from lightgen.distill import Teacher as Generator  # the same protocol: (prompts, seeds) -> one image each
 from lightgen.errors import InputError
+from lightgen.files import write_text
+
+GENERATION_RECORD = "generation.json"  # the settings the folder's images were made with
 
 
 def sampling_kwargs(steps: int | None, guidance_scale: float | None, resolution: int | None) -> dict:
@@ -32,8 +38,7 @@ def get_generator(*, ckpt: str | None = None, pipeline: str | None = None, testb
     """Exactly one of: a LightGen pipeline directory (on `device`, default CPU), a diffusers pipeline id/path
     (default device: CUDA if available), the testbed teacher. Both pipelines sample through the same
     diffusers call, one seeded generator per image."""
-    if sum(map(bool, (ckpt, pipeline, testbed))) != 1:
-        raise InputError("generator: expected exactly one of --ckpt DIR, --pipeline ID, --testbed")
+    check_generator_choice(ckpt, pipeline, testbed)
     if testbed:
         from bench.testbed.teacher import TestbedTeacher
         return TestbedTeacher(**({"resolution": resolution} if resolution else {}))
@@ -42,9 +47,63 @@ def get_generator(*, ckpt: str | None = None, pipeline: str | None = None, testb
         from lightgen.pipeline import LightGenPipeline
         if temperature is not None:
             kwargs["temperature"] = temperature
-        return SeededPipeline(LightGenPipeline.from_pretrained(ckpt), device or "cpu", f"lightgen:{ckpt}", **kwargs)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return SeededPipeline(pipeline, device, f"diffusers:{pipeline}", dtype, **kwargs)
+        from bench.provenance import auto_precision
+        generator = SeededPipeline(LightGenPipeline.from_pretrained(ckpt), device or "cpu", f"lightgen:{ckpt}", **kwargs)
+        generator.precision = auto_precision(generator.device)  # LightGen samples in "auto": bf16 only where native
+    else:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        generator = SeededPipeline(pipeline, device, f"diffusers:{pipeline}", dtype, **kwargs)
+        generator.dtype = str(dtype) if dtype else None
+    generator.checkpoint_sha256 = dir_sha256(ckpt or pipeline)
+    return generator
+
+
+def check_generator_choice(ckpt: str | None, pipeline: str | None, testbed: bool) -> None:
+    if sum(map(bool, (ckpt, pipeline, testbed))) != 1:
+        raise InputError("generator: expected exactly one of --ckpt DIR, --pipeline ID, --testbed")
+
+
+def dir_sha256(path: str | os.PathLike) -> str | None:
+    """Content hash of a local pipeline directory (file names and bytes), None for a hub id: a retrained
+    checkpoint at the same path is another generator."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(f.relative_to(path)).encode() + b"\0")
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def settings(generator: Generator, seed: int) -> dict:
+    """Everything that shapes an image besides its prompt: generator, weights, sampling arguments, seed."""
+    kwargs = {k: v for k, v in getattr(generator, "call_kwargs", {}).items() if k != "output_type"}
+    return {"generator": generator.name, "checkpoint_sha256": getattr(generator, "checkpoint_sha256", None),
+            "resolution": getattr(generator, "resolution", None), "dtype": getattr(generator, "dtype", None),
+            "precision": getattr(generator, "precision", None),
+            **kwargs, "seed": seed}
+
+
+def check_outdir(outdir: Path, prompts: Sequence[dict], record: dict) -> None:
+    """Refuse an `outdir` whose images would be mixed with these: made with other settings (`record`, kept in
+    generation.json), or holding prompt folders that are not this prompt set's."""
+    from lightgen.files import read_json
+    made = outdir / GENERATION_RECORD
+    if made.is_file():
+        old = read_json(made, "generation settings")
+        diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in record.items() if old.get(k) != v]
+        if diff:
+            raise InputError(f"{made}: {outdir} holds images generated with other settings ({'; '.join(diff)}); "
+                             f"use a new --outdir, or delete {outdir} to start clean")
+    stale = [f.path.name for f in read_layout(outdir) if int(f.path.name) >= len(prompts)
+             or f.metadata not in (None, prompts[int(f.path.name)])] if outdir.is_dir() else []
+    if stale:
+        raise InputError(f"{outdir}: holds {len(stale)} prompt folder(s) of another prompt set or --limit "
+                         f"({', '.join(stale[:5])}{', ...' if len(stale) > 5 else ''}); use a new --outdir, or the "
+                         f"--prompts/--limit it was made with")
 
 
 def shard_of(shard: tuple[int, int] = (0, 1)) -> tuple[int, int]:
@@ -62,6 +121,9 @@ def generate(generator: Generator, prompts: Sequence[dict], outdir: str | os.Pat
     """Fill `outdir` with this shard's prompts (index % n == i); complete folders are skipped,
     partial ones redone. Returns the number of prompt folders written."""
     part, parts = shard_of(shard)
+    outdir, record = Path(outdir), settings(generator, seed)
+    check_outdir(outdir, prompts, record)
+    write_text(outdir / GENERATION_RECORD, json.dumps(record, indent=1) + "\n")
     todo = [i for i in range(part, len(prompts), parts) if not is_complete(outdir, i, prompts[i], n_samples)]
     items = [(i, k) for i in todo for k in range(n_samples)]
     pending: dict[int, dict[int, Image.Image]] = {}

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from PIL import Image
 
-from lightgen.files import atomic_path, write_text
+from lightgen.files import atomic_path, remove_stale_temps, write_text
 from lightgen.errors import InputError
 
 EVAL_CONFIGS = Path(__file__).resolve().parents[2] / "eval_configs"
@@ -48,6 +48,8 @@ def read_prompts(path: str | os.PathLike) -> list[dict]:
                 prompts.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}:{i}: expected one JSON object per line ({e})") from None
+            if not isinstance(prompts[-1], dict):
+                raise InputError(f"{path}:{i}: expected one JSON object per line, got {type(prompts[-1]).__name__}")
     return prompts
 
 
@@ -113,6 +115,9 @@ def write_prompt(outdir: str | os.PathLike, index: int, metadata: dict, images: 
     """Write one prompt folder; stale samples beyond `len(images)` are removed, metadata last."""
     d = prompt_dir(outdir, index)
     (d / "metadata.jsonl").unlink(missing_ok=True)
+    for folder in (d, d / "samples"):  # temporary files of a killed earlier attempt
+        if folder.is_dir():
+            remove_stale_temps(folder)
     keep = set(sample_names(len(images)))
     for p in list_samples(d):
         if p.name not in keep:

@@ -308,7 +308,7 @@ def run(out: Path, n_images: int, n_sensitivity: int, image_size: int, seed: int
     from bench.geneval.convert import convert
     from bench.geneval.detectors import Mask2FormerDetector
     from bench.geneval.layout import OFFICIAL_PROMPTS, read_prompts
-    from bench.perf import cpu_name
+    from bench.provenance import cpu_name
 
     started = time.perf_counter()
     record = {"machine": cpu_name(), "mmcv_ext": mmcv_ext(), **run_record(  # git state at launch

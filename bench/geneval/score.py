@@ -21,7 +21,7 @@ from typing import Collection, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm.auto import tqdm
 
 from bench.geneval.colors import ColorClassifier
@@ -29,9 +29,9 @@ from bench.geneval.detectors import Detector
 from bench.geneval.layout import read_layout
 from bench.geneval.rules import COLORS, RELATIONS, TAGS, Rules, decide, filter_detections
 from bench.geneval.summary import comparability, format_summary, read_results, summarize, summary_path, write_summary
-from bench.provenance import environment
+from bench.provenance import environment, setting_difference
 from lightgen.errors import InputError
-from lightgen.files import write_text
+from lightgen.files import open_rgb, write_text
 
 def validate_metadata(meta: dict, where: str, classes: Collection[str]) -> None:
     """Reject what the official scorer would silently mis-score: unknown tags, classes, colours."""
@@ -76,8 +76,7 @@ class _Images(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[int, Image.Image | None, str | None, str | None]:
         try:
             data = self.paths[i].read_bytes()
-            with Image.open(io.BytesIO(data)) as f:
-                return i, ImageOps.exif_transpose(f).convert("RGB"), None, content_hash(data)
+            return i, open_rgb(io.BytesIO(data), self.paths[i].name, exif_transpose=True), None, content_hash(data)
         except Exception as e:  # noqa: BLE001 - any unreadable file becomes an error row
             return i, None, f"{type(e).__name__}: {e}", None
 
@@ -115,10 +114,12 @@ def result_row(meta: dict, path: Path, kept: dict[str, list[dict]] | None, error
     return row
 
 
-def scorer_identity(detector: Detector, classifier: ColorClassifier) -> dict:
-    """What produced a row: detector, its weights (file hash, GenEval's own?), input size, colours."""
+def scorer_identity(detector: Detector, classifier: ColorClassifier, rules: Rules = Rules()) -> dict:
+    """What produced a row: detector, its weights (file hash, GenEval's own?), input size, colours and the
+    rule settings (a threshold changes the decision as much as the weights do)."""
     return {"detector": detector.name, **detector.weights(), "image_size": detector.image_size,
-            "color_classifier": f"{classifier.name}:{classifier.checkpoint}", "color_precision": classifier.precision}
+            "color_classifier": f"{classifier.name}:{classifier.checkpoint}", "color_precision": classifier.precision,
+            "rules": asdict(rules)}
 
 
 def reusable_rows(results: Path, scorer: dict, todo: Sequence[tuple[dict, Path]]) -> list[dict]:
@@ -127,9 +128,10 @@ def reusable_rows(results: Path, scorer: dict, todo: Sequence[tuple[dict, Path]]
     rows, regenerated or removed images, a torn last line), so they are scored again."""
     rows = read_results(results) if results.exists() else []
     for r in rows:
-        if any(r.get(k) != v for k, v in scorer.items()):
-            raise InputError(f"{results}: holds rows scored by {[r.get(k) for k in scorer]}, not "
-                             f"{list(scorer.values())}; pass another --results")
+        diff = setting_difference(r, scorer)
+        if diff:
+            raise InputError(f"{results}: holds rows scored with other settings ({diff}); pass another "
+                             f"--results FILE, or delete {results.name} to rescore from scratch")
 
     def current(path: Path) -> str | None:
         try:
@@ -163,7 +165,7 @@ def score(outdir: str | os.PathLike, detector: Detector, color_classifier: Color
     outdir = Path(outdir)
     results = Path(results) if results else outdir / "results.jsonl"
     todo = images_to_score(outdir, detector.classes, prompts, n_samples, allow_missing)
-    scorer = scorer_identity(detector, color_classifier)
+    scorer = scorer_identity(detector, color_classifier, rules)
     rows = reusable_rows(results, scorer, todo)
     done = {_key(r["filename"]) for r in rows}
     todo = [(m, p) for m, p in todo if _key(str(p)) not in done]
@@ -175,7 +177,7 @@ def score(outdir: str | os.PathLike, detector: Detector, color_classifier: Color
     timing["images"] = len(todo)
 
     summary = {**summarize(rows), **scorer, "published_comparable": comparability(scorer, rules, rows, n_samples or 4),
-               "rules": asdict(rules), "outdir": str(outdir), "results": str(results), **environment(),
+               "outdir": str(outdir), "results": str(results), **environment(),
                "timing": {**timing, "images_per_s": len(todo) / timing["total_s"] if todo else None}}
     write_summary(summary, summary_path(results), outdir.name, f"{detector.name}:{scorer['checkpoint']}")
     errors = [(r["filename"], r["error"]) for r in rows if r.get("error")]
@@ -199,6 +201,9 @@ def images_to_score(outdir: Path, classes: Sequence[str], prompts: Sequence[dict
         canon = lambda m: json.dumps(m, sort_keys=True)  # noqa: E731
         missing = Counter(map(canon, prompts)) - Counter(canon(f.metadata) for f in folders if f.metadata)
         problems += [f"{outdir}: no prompt folder for {json.loads(m)['prompt']!r}" for m in missing.elements()]
+        known = set(map(canon, prompts))
+        problems += [f"{f.path}: prompt {f.metadata.get('prompt')!r} is not in the prompt set (another set's folder?)"
+                     for f in folders if f.metadata and canon(f.metadata) not in known]
     if problems and not allow_missing:
         more = f"\n... and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise InputError("\n".join(problems[:10]) + more + "\n(--allow-missing scores what is there)")
@@ -220,9 +225,8 @@ def _score_images(todo: list[tuple[dict, Path]], detector: Detector, color_class
     results.parent.mkdir(parents=True, exist_ok=True)
     with results.open("a") as out, tqdm(total=len(todo), desc="geneval-score", disable=not progress) as bar:
         for batch in loader:
-            good = [(i, im) for i, im, err, _ in batch if err is None]
             t = time.perf_counter()
-            detections = detector.detect([im for _, im in good]) if good else []
+            good, detections, refused = _detect(detector, [(i, im) for i, im, err, _ in batch if err is None])
             timing["detector_s"] += time.perf_counter() - t
             kept = {i: filter_detections(d, todo[i][0]["tag"], rules) for (i, _), d in zip(good, detections)}
             t = time.perf_counter()
@@ -231,14 +235,32 @@ def _score_images(todo: list[tuple[dict, Path]], detector: Detector, color_class
                     for d, c in zip(found, color_classifier.classify([(im, d, cls) for d in found])):
                         d["color"] = c
             timing["color_s"] += time.perf_counter() - t
-            new = [{**result_row(*todo[i], kept.get(i), err, detector.classes, rules), **scorer, "image_sha256": sha}
-                   for i, _, err, sha in batch]
+            new = [{**result_row(*todo[i], kept.get(i), err or refused.get(i), detector.classes, rules), **scorer,
+                    "image_sha256": sha} for i, _, err, sha in batch]
             out.write("".join(json.dumps(r) + "\n" for r in new))
             out.flush()
             os.fsync(out.fileno())
             rows += new
             bar.update(len(batch))
     return timing
+
+
+def _detect(detector: Detector, good: list[tuple[int, Image.Image]]) -> tuple[list, list, dict[int, str]]:
+    """Detections of a batch; if the detector refuses an image (InputError: e.g. too small), each image is
+    detected alone and the refused ones become error rows, so one bad image neither stops the run nor leaves
+    a results file short of the images before it."""
+    try:
+        return good, detector.detect([im for _, im in good]) if good else [], {}
+    except InputError:
+        pass
+    kept, detections, refused = [], [], {}
+    for i, im in good:
+        try:
+            detections += detector.detect([im])
+            kept.append((i, im))
+        except InputError as e:
+            refused[i] = f"InputError: {e}"
+    return kept, detections, refused
 
 
 def report(run: ScoreRun) -> str:

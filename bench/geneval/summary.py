@@ -23,14 +23,26 @@ from lightgen.files import write_text
 OFFICIAL_COLOURS = "clip:ViT-L-14:openai"  # open_clip ViT-L-14, OpenAI weights
 
 
+ROW_FIELDS = ("filename", "tag", "correct", "metadata")  # what every scored row of ours or the official scorer holds
+
+
 def read_results(path: str | os.PathLike) -> list[dict]:
-    """Rows of a results.jsonl (ours or the official pandas one); a torn last line is ignored."""
+    """Rows of a results.jsonl (ours or the official pandas one); a torn last line (a killed run) is ignored,
+    any other line that is not a row is an InputError naming it."""
+    text = Path(path).read_text(encoding="utf-8")
+    lines = text.splitlines()
     rows = []
-    for line in Path(path).read_text().splitlines():
+    for i, line in enumerate(lines, 1):
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            if i == len(lines) and not text.endswith("\n"):
+                break
+            raise InputError(f"{path}:{i}: expected one JSON object per line") from None
+        missing = [k for k in ROW_FIELDS if k not in row] if isinstance(row, dict) else list(ROW_FIELDS)
+        if missing:
+            raise InputError(f"{path}:{i}: expected a result row with {', '.join(missing)}")
+        rows.append(row)
     return rows
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from bench.testbed.captions import SKILLS, is_heldout, parse, universe
 from bench.testbed.world import SceneSpec
+from lightgen.files import write_text
 
 PROMPTS_PATH = Path(__file__).resolve().parents[2] / "eval_configs" / "testbed" / "geneval_testbed.jsonl"
 SEED = 2025
@@ -61,8 +62,7 @@ def eval_prompts(seed: int = SEED) -> list[dict]:
 
 def write_prompts(path: Path | str = PROMPTS_PATH, seed: int = SEED) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in eval_prompts(seed)))
+    write_text(path, "".join(json.dumps(r) + "\n" for r in eval_prompts(seed)))  # atomic: never half a prompt set
     return path
 
 

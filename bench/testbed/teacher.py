@@ -39,6 +39,11 @@ class TestbedTeacher:
         self.resolution, self.token_grid = resolution, token_grid
         self.name = "testbed-teacher" + (f"-grid{token_grid}" if token_grid else "")
 
+    def check(self, prompts: list[str]) -> None:
+        """Raise the InputError of the first caption outside the grammar (distill calls this before writing)."""
+        for p in prompts:
+            _parse(p)
+
     def __call__(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
         if len(prompts) != len(seeds):
             raise InputError(f"seeds: expected one per prompt ({len(prompts)}), got {len(seeds)}")

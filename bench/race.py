@@ -1,0 +1,82 @@
+"""`lightgen-bench race`: students' learning curves against training CPU time, on one picture.
+
+Each input is a `steps` ablation folder (one student: snapshots of one training run, each scored with
+testbed GenEval); its points record the training process's CPU seconds up to the snapshot (`train_cpu_s`,
+from the run's metrics.csv). The race compares recipes at equal compute on the box that ran them, which is
+what matters on a CPU: steps of different students cost different amounts.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.plots import PANELS as TAGS
+from bench.plots import geneval_panels
+from bench.provenance import run_record
+from bench.tables import SCORES, score_fields
+from lightgen.errors import InputError
+from lightgen.files import write_text
+
+
+def load_curve(folder: Path) -> pd.DataFrame:
+    """One student's points (steps, training CPU minutes, every score and its interval) from an ablation folder."""
+    rows, found = [], sorted(Path(folder).glob("points/*/summary.json"))
+    for f in found:
+        s = json.loads(f.read_text())
+        if s.get("train_cpu_s") is None:  # a snapshot between two logged rows: no time to draw it at
+            continue
+        rows.append({"student": s.get("student"), "steps": s["point"]["x"], "train_cpu_min": s["train_cpu_s"] / 60,
+                     "name": s.get("row_name"), "eval": json.dumps(s.get("eval"), sort_keys=True),
+                     **score_fields(s, str(f))})
+    if not found:
+        raise InputError(f"{folder}: expected a `steps` ablation folder (points/*/summary.json), found none")
+    if not rows:
+        raise InputError(f"{folder}: no point records train_cpu_s (made before training CPU time was logged, or "
+                         "snapshots off the log_every grid); rerun the ablation")
+    return pd.DataFrame(rows).sort_values("train_cpu_min", ignore_index=True)
+
+
+def crossing(a: pd.DataFrame, b: pd.DataFrame, tag: str = "overall") -> float | None:
+    """The first training CPU minute at which curve `a` reaches curve `b` (both piecewise linear over their
+    common range; exact at the union of their points), or None if it never does there."""
+    lo, hi = max(a.train_cpu_min.min(), b.train_cpu_min.min()), min(a.train_cpu_min.max(), b.train_cpu_min.max())
+    xs = np.unique(np.concatenate([a.train_cpu_min, b.train_cpu_min, [lo, hi]]))
+    xs = xs[(xs >= lo) & (xs <= hi)]
+    diff = np.interp(xs, a.train_cpu_min, a[tag]) - np.interp(xs, b.train_cpu_min, b[tag])
+    for i, d in enumerate(diff):
+        if d >= 0:
+            return float(xs[i]) if i == 0 else float(xs[i - 1] + (xs[i] - xs[i - 1]) * -diff[i - 1] / (d - diff[i - 1]))
+    return None
+
+
+def race(folders: list[Path], names: list[str], output: Path, command: list[str]) -> dict:
+    """Table, plot, crossing points and run record of the students in `folders` (named `names`)."""
+    import time
+
+    started = time.perf_counter()
+    curves = {n: load_curve(f) for n, f in zip(names, folders)}
+    prompts = {json.loads((next(Path(f).glob("points/*/summary.json"))).read_text())["prompts"] for f in folders}
+    table = pd.concat([c.assign(student=n) for n, c in curves.items()], ignore_index=True)
+    cols = ["student", "steps", "train_cpu_min", *[t for t in TAGS], *[c for c in table if "_ci_" in c], "eval"]
+    write_text(output / "table.csv", table[cols].to_csv(index=False))
+    lines = ["| student | steps | training CPU-min | " + " | ".join(SCORES.get(t, t) for t in TAGS) + " |",
+             "| --- | ---: | ---: |" + " ---: |" * len(TAGS)]
+    for r in table.itertuples():
+        cells = [f"{getattr(r, t):.2f} [{getattr(r, t + '_ci_low'):.2f}, {getattr(r, t + '_ci_high'):.2f}]"
+                 if hasattr(r, t + "_ci_low") else f"{getattr(r, t):.2f}" for t in TAGS]
+        lines.append(f"| {r.student} | {r.steps} | {r.train_cpu_min:.1f} | " + " | ".join(cells) + " |")
+    write_text(output / "table.md", "\n".join(lines) + "\n")
+    title = (f"Testbed GenEval against training CPU time ({' vs '.join(names)}; 16k teacher renders; "
+             f"{'/'.join(map(str, sorted(prompts)))} prompts × 1 image)")
+    geneval_panels(table.assign(x=table.train_cpu_min), output / "race.png", title, "training CPU minutes",
+                   series="student")
+    first, *rest = names
+    result = {"students": {n: {"folder": str(f), "max_train_cpu_min": float(curves[n].train_cpu_min.max())}
+                           for n, f in zip(names, folders)},
+              "crossing_cpu_min": {f"{first} reaches {o}": crossing(curves[first], curves[o]) for o in rest}}
+    write_text(output / "run.json", json.dumps({**result, **run_record(command, {"folders": [str(f) for f in folders],
+                                                                               "names": names}, started)}, indent=2))
+    return result
