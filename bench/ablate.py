@@ -369,10 +369,15 @@ def plot_outputs(kind: str, summaries: list[dict], output: Path, student: str = 
     for s in summaries:
         fields, reconstructed = scores_with_intervals(s, f"points/{s['point']['label']}")
         rebuilt |= reconstructed
-        rows.append({"x": s["point"]["x"], "series": f"{s['point'].get('resolution', 32)} px",
-                     "fid": (s.get("fid") or {}).get("fid"), **fields})
+        row = {"x": s["point"]["x"], "fid": (s.get("fid") or {}).get("fid"), **fields}
+        if kind == "dpo":  # one line without and one with the SFT term, both from the starting model
+            sft = s["point"].get("sft_weight")
+            rows += [{**row, "series": n} for n in (["DPO", "DPO + SFT"] if s["point"].get("beta") is None
+                                                    else ["DPO + SFT" if sft else "DPO"])]
+        else:
+            rows.append({**row, "series": f"{s['point'].get('resolution', 32)} px"})
     frame, xlabel, logx = pd.DataFrame(rows), XLABELS[kind], kind in ("data-scale", "diversity")
-    series = "series" if kind == "steps" and frame["series"].nunique() > 1 else None
+    series = "series" if kind in ("steps", "dpo") and frame["series"].nunique() > 1 else None
     extra = ("fid", "FID (testbed extractor)") if frame["fid"].notna().any() else None
     paths = [geneval_panels(frame, output / "plot.png", _plot_title(kind, summaries, student), xlabel, series=series,
                             logx=logx, extra=extra, note=RECONSTRUCTED if rebuilt else INTERVALS)]

@@ -443,8 +443,8 @@ def test_missing_keys_error_lists_first_few():
 @pytest.mark.parametrize("args, match", [
     (["--preset", "nope"], "unknown 'nope'"),
     (["--resolution", "30"], "multiples of"),
-    (["--guidance-scale", "-2"], "guidance_scale"),
-    (["--steps", "0"], "num_inference_steps"),
+    (["--guidance-scale", "-2"], "--guidance-scale"),
+    (["--steps", "0"], "--steps"),
     (["-n", "0"], "-n"),
     (["--prompt", " "], "--prompt: expected a non-empty prompt"),
 ])

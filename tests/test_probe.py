@@ -44,7 +44,7 @@ def test_context_gain_is_exactly_zero_when_every_image_is_the_same():
 
 def test_probe_cli_rejects_a_bad_fraction(tmp_path):
     run = CliRunner().invoke(main, ["probe", str(tmp_path), "--cache", str(tmp_path), "--masked", "1.5"])
-    assert run.exit_code == 2 and "masked: expected a fraction in (0, 1), got 1.5" in run.output
+    assert run.exit_code == 2 and "Invalid value for '--masked': 1.5 is not in the range 0<x<1" in run.output
 
 
 def test_completion_compares_own_and_swapped_left_halves():
