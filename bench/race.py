@@ -8,6 +8,7 @@ what matters on a CPU: steps of different students cost different amounts.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pandas as pd
 from bench.plots import PANELS as TAGS
 from bench.plots import geneval_panels
 from bench.provenance import run_record
-from bench.tables import SCORES, score_fields
+from bench.tables import build_table, result_row, write_table
 from lightgen.errors import InputError
 from lightgen.files import write_text
 
@@ -28,9 +29,12 @@ def load_curve(folder: Path) -> pd.DataFrame:
         s = json.loads(f.read_text())
         if s.get("train_cpu_s") is None:  # a snapshot between two logged rows: no time to draw it at
             continue
+        n, images = s["point"]["data"]["n"], s["images"] // s["prompts"]
         rows.append({"student": s.get("student"), "steps": s["point"]["x"], "train_cpu_min": s["train_cpu_s"] / 60,
-                     "name": s.get("row_name"), "eval": json.dumps(s.get("eval"), sort_keys=True),
-                     **score_fields(s, str(f))})
+                     "renders": n, "prompts": s["prompts"], "images": images,
+                     "eval": json.dumps(s.get("eval"), sort_keys=True),
+                     **result_row(s, s.get("row_name"), data=f"{n:,} renders", where=str(f),
+                                  source=f"ours: testbed detector, {s['prompts']} prompts × {images} images")})
     if not found:
         raise InputError(f"{folder}: expected a `steps` ablation folder (points/*/summary.json), found none")
     if not rows:
@@ -54,23 +58,17 @@ def crossing(a: pd.DataFrame, b: pd.DataFrame, tag: str = "overall") -> float | 
 
 def race(folders: list[Path], names: list[str], output: Path, command: list[str]) -> dict:
     """Table, plot, crossing points and run record of the students in `folders` (named `names`)."""
-    import time
-
     started = time.perf_counter()
     curves = {n: load_curve(f) for n, f in zip(names, folders)}
-    prompts = {json.loads((next(Path(f).glob("points/*/summary.json"))).read_text())["prompts"] for f in folders}
     table = pd.concat([c.assign(student=n) for n, c in curves.items()], ignore_index=True)
-    cols = ["student", "steps", "train_cpu_min", *[t for t in TAGS], *[c for c in table if "_ci_" in c], "eval"]
-    write_text(output / "table.csv", table[cols].to_csv(index=False))
-    lines = ["| student | steps | training CPU-min | " + " | ".join(SCORES.get(t, t) for t in TAGS) + " |",
-             "| --- | ---: | ---: |" + " ---: |" * len(TAGS)]
-    for r in table.itertuples():
-        cells = [f"{getattr(r, t):.2f} [{getattr(r, t + '_ci_low'):.2f}, {getattr(r, t + '_ci_high'):.2f}]"
-                 if hasattr(r, t + "_ci_low") else f"{getattr(r, t):.2f}" for t in TAGS]
-        lines.append(f"| {r.student} | {r.steps} | {r.train_cpu_min:.1f} | " + " | ".join(cells) + " |")
-    write_text(output / "table.md", "\n".join(lines) + "\n")
-    title = (f"Testbed GenEval against training CPU time ({' vs '.join(names)}; 16k teacher renders; "
-             f"{'/'.join(map(str, sorted(prompts)))} prompts × 1 image)")
+    write_text(output / "curves.csv", table.to_csv(index=False))
+    rows = table.assign(model=[f"{r.student}, {r.steps} steps, {r.train_cpu_min:.1f} training CPU-min"
+                               for r in table.itertuples()])
+    for ext in ("md", "tex", "csv"):
+        write_table(build_table(rows.to_dict("records")), output / f"table.{ext}")
+    sizes = lambda col: "/".join(f"{v:,}" for v in sorted(table[col].unique()))  # noqa: E731
+    title = (f"Testbed GenEval against training CPU time ({' vs '.join(names)}; {sizes('renders')} teacher renders; "
+             f"{sizes('prompts')} prompts × {sizes('images')} images)")
     geneval_panels(table.assign(x=table.train_cpu_min), output / "race.png", title, "training CPU minutes",
                    series="student")
     first, *rest = names

@@ -12,8 +12,8 @@ from lightgen.errors import InputError
 def _point(folder, label, steps, cpu_s, overall):
     tasks = {t: {"score": overall, "ci": [max(0.0, overall - 0.1), min(1.0, overall + 0.1)]} for t in SCORES
              if t != "overall"}
-    summary = {"overall": overall, "overall_ci": [overall - 0.05, overall + 0.05], "tasks": tasks, "prompts": 360,
-               "point": {"x": steps}, "train_cpu_s": cpu_s, "student": "x", "row_name": label, "eval": {"steps": 8}}
+    summary = {"images": 360, "overall": overall, "overall_ci": [overall - 0.05, overall + 0.05], "tasks": tasks, "prompts": 360,
+               "point": {"x": steps, "data": {"n": 16000}}, "train_cpu_s": cpu_s, "student": "x", "row_name": label, "eval": {"steps": 8}}
     (folder / "points" / label).mkdir(parents=True)
     (folder / "points" / label / "summary.json").write_text(json.dumps(summary))
 
@@ -36,13 +36,14 @@ def test_race_writes_table_plot_and_crossing_from_ablation_folders(tmp_path):
         _point(fast, f"s{steps}", steps, cpu, [0.1, 0.3, 0.5][i])
         _point(slow, f"s{steps}", steps, cpu * 2, [0.2, 0.25, 0.3][i])
     result = race([fast, slow], ["A", "B"], tmp_path / "out", ["lightgen-bench", "race"])
-    table = pd.read_csv(tmp_path / "out" / "table.csv")
+    table = pd.read_csv(tmp_path / "out" / "curves.csv")
     assert list(table.student) == ["A", "A", "A", "B", "B", "B"]
     assert list(table.train_cpu_min) == [1, 2, 3, 2, 4, 6]
     # A: 0.1 @ 1, 0.3 @ 2, 0.5 @ 3; B: 0.2 @ 2, 0.25 @ 4 -> common range [2, 3], A above from its start
     assert result["crossing_cpu_min"]["A reaches B"] == pytest.approx(2.0)
     assert (tmp_path / "out" / "race.png").stat().st_size > 10_000
-    assert "0.30 [0.20, 0.40]" in (tmp_path / "out" / "table.md").read_text()
+    md = (tmp_path / "out" / "table.md").read_text()
+    assert "| A, 200 steps, 2.0 training CPU-min |" in md and "0.30 ± 0.10" in md
 
 
 def test_points_without_training_cpu_time_are_left_out_and_a_folder_of_none_is_refused(tmp_path):
@@ -63,3 +64,20 @@ def test_snapshot_cpu_time_sums_the_logged_intervals_up_to_its_step(tmp_path):
     assert train_cpu_seconds(metrics, 50) is None  # no row at the snapshot: no guess
     (tmp_path / "old.csv").write_text("step,loss\n20,1\n")
     assert train_cpu_seconds(tmp_path / "old.csv", 20) is None
+
+
+def test_teacher_forced_control_keeps_exactly_the_unmasked_tokens_of_the_teacher_render():
+    import numpy as np
+
+    from bench.forced import TeacherForced
+    from bench.testbed.teacher import TestbedTeacher
+    from bench.testbed.world import BACKGROUND
+
+    gen = TeacherForced(None, keep=0.25, fill="background")
+    mask = np.asarray(gen.mask(7)) > 127
+    assert mask.reshape(8, 4, 8, 4).all(axis=(1, 3)).sum() == 48  # 75 % of 64 tokens, whole tokens only
+    assert np.array_equal(np.asarray(gen.mask(7)), np.asarray(gen.mask(7)))
+    out = np.asarray(gen(["a red circle"], [7])[0])
+    teacher = np.asarray(TestbedTeacher()(["a red circle"], [7])[0])
+    assert np.array_equal(out[~mask], teacher[~mask])
+    assert (out[mask] == np.asarray(BACKGROUND, np.uint8)).all()
