@@ -68,7 +68,7 @@ def kd_curve(name: str, work: Path, overrides: dict, steps: int = 1000, every: i
     points = []
     for step in marks:
         pipe = final if step == steps else Path(cfg.out) / "snapshots" / f"step-{step:08d}"
-        points.append({"step": step, "train_cpu_min": per_step and round(step * per_step / 60, 2),
+        points.append({"step": step, "train_cpu_min": per_step and step * per_step / 60,
                        **scores(pipe, cfg.cache, Path(cfg.out) / f"eval-{step}", limit, 24)})
     return {"name": name, "overrides": overrides, "limit": limit, "train": dataclasses.asdict(cfg), "points": points}
 
