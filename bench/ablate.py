@@ -13,7 +13,8 @@ Kinds and what a point varies:
   resolution  train/evaluate at two resolutions, stage 2 initialised from stage 1, against the high
               resolution from scratch at equal compute (a step costs ∝ pixels)
   dpo         before/after Diffusion-DPO, β sweep (× SFT weights), from a KD run trained here or from a
-              trained pipeline (`init_from`); compare.{md,json}: paired differences against the start
+              trained pipeline (`init_from`), optionally with the SFT-only control (`dpo_sft_only`);
+              compare.{md,json}: paired differences against the start
   guidance    CFG scale at sampling time, all points on one trained model
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ import yaml
 from bench.config import train_config
 from bench.experiment import DataSpec, EvalSpec, cached, distilled, evaluate, is_diffusers_pipeline, run_training
 from bench.provenance import run_record, setting_difference
-from lightgen.errors import MAPPING, TEXT, InputError, Rule, check_fields, check_known, integer, list_of, nested, \
+from lightgen.errors import BOOL, MAPPING, TEXT, InputError, Rule, check_fields, check_known, integer, list_of, nested, \
     number, one_of, optional
 from lightgen.files import read_yaml, write_text
 from lightgen.probe import probe_pipeline
@@ -63,6 +64,9 @@ class AblationConfig:
     # the start, σ(0)·β/2): 1 = the SFT term pulls as hard; 0 = pure Diffusion-DPO
     dpo_sft: list[float] = field(default_factory=lambda: [0.0])
     init_from: str | None = None  # dpo kind: the starting pipeline (a trained run's); default: train one here
+    # dpo kind: also the SFT-only control, the student's own objective on the winners alone with the DPO run's
+    # optimiser, steps and batch (what DPO + SFT would give without the losers)
+    dpo_sft_only: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self, ABLATION_RULES)
@@ -99,7 +103,7 @@ ABLATION_RULES: dict[str, Rule] = dict(
                "a non-empty list of distinct integers >= 0"),
     train_config=optional(TEXT), train=MAPPING, data=MAPPING, eval=MAPPING,
     resolutions=list_of(integer(1), nonempty=True), stage2_steps=integer(0), dpo_config=optional(TEXT), dpo=MAPPING,
-    dpo_pairs=integer(1), dpo_sft=list_of(number(0), nonempty=True), init_from=optional(TEXT))
+    dpo_pairs=integer(1), dpo_sft=list_of(number(0), nonempty=True), init_from=optional(TEXT), dpo_sft_only=BOOL)
 
 
 @dataclass
@@ -160,6 +164,9 @@ def plan(ab: AblationConfig, work: Path, seed: int = 0) -> list[Point]:
             points.append(Point(f"beta{beta:g}" + (f"-sft{sft:g}" if sft else ""), beta, base, None,
                                 resolution=base.resolution,
                                 extra={"beta": beta, "sft_weight": sft * beta / 4, **known}))
+        if ab.dpo_sft_only:
+            points.append(Point("sft-only", None, base, None, resolution=base.resolution,
+                                extra={"beta": None, "sft_only": True, **known}))
     elif ab.kind == "guidance":
         run = train("kd", resolution=base.resolution)
         for i, g in enumerate(ab.points):  # the first point trains; all evaluate its final pipeline
@@ -228,7 +235,7 @@ def _run_point(ab: AblationConfig, p: Point, run: Point, work: Path, seed: int, 
     # run is None when no point trains (dpo from init_from): no KD data, and no probe (it reads the KD cache)
     train = dataclasses.replace(run.train, cache=str(cached(distilled(work, run.data), run.train))) if run else None
     trained = _train_point(train, launcher) if p.train is not None else None
-    if ab.kind == "dpo" and p.extra["beta"] is not None:
+    if ab.kind == "dpo" and trains_from_start(p):
         pipeline = _dpo_point(ab, p, Path(ab.init_from or Path(train.out) / "pipeline"), work, seed)
     else:  # snapshot points (steps, guidance) read the run trained by the first of them
         pipeline = p.pipeline or trained
@@ -241,6 +248,11 @@ def _run_point(ab: AblationConfig, p: Point, run: Point, work: Path, seed: int, 
     if pipeline in probes:
         summary["probe"] = probes[pipeline]
     return {**summary, "point": _point_record(p)}
+
+
+def trains_from_start(p: Point) -> bool:
+    """A dpo-kind point that fine-tunes the starting model (a β point or the SFT-only control)."""
+    return p.extra.get("beta") is not None or p.extra.get("sft_only", False)
 
 
 def train_cpu_seconds(metrics: Path, step: int) -> float | None:
@@ -298,10 +310,13 @@ def _dpo_point(ab: AblationConfig, p: Point, kd_pipe: Path, work: Path, seed: in
     pairs = build_pairs(kd_pipe, seeded(work / "pairs", seed), winners=TestbedTeacher(p.resolution),
                         captions=captions, seed=p.data.seed + 1, steps=eval_spec.steps,
                         guidance_scale=eval_spec.guidance_scale)
+    run = {"objective": "kd"} if p.extra.get("sft_only") else {"dpo_beta": p.extra["beta"],
+                                                                 "dpo_sft_weight": p.extra["sft_weight"]}
     cfg = train_config(ab.dpo_config, ab.dpo, out=str(seeded(work / "train" / p.label, seed)), init_from=str(kd_pipe),
-                       dpo_beta=p.extra["beta"], dpo_sft_weight=p.extra["sft_weight"], resolution=p.resolution,
-                       seed=seed)
-    cfg.cache, cfg.loser_cache = str(cached(pairs / "winner", cfg)), str(cached(pairs / "loser", cfg))
+                       resolution=p.resolution, seed=seed, **run)
+    cfg.cache = str(cached(pairs / "winner", cfg))
+    if cfg.objective == "dpo":
+        cfg.loser_cache = str(cached(pairs / "loser", cfg))
     return run_training(cfg)
 
 
@@ -366,7 +381,7 @@ def plot_outputs(kind: str, summaries: list[dict], output: Path, student: str = 
     from bench.plots import INTERVALS, RECONSTRUCTED, geneval_panels, probe_panels, scores_with_intervals
 
     rows, rebuilt = [], False
-    for s in summaries:
+    for s in (s for s in summaries if not s["point"].get("sft_only")):  # the SFT control has no β: table only
         fields, reconstructed = scores_with_intervals(s, f"points/{s['point']['label']}")
         rebuilt |= reconstructed
         row = {"x": s["point"]["x"], "fid": (s.get("fid") or {}).get("fid"), **fields}
@@ -439,6 +454,8 @@ def _row_name(ab: AblationConfig, p: Point) -> str:
         return f"{student}, {p.extra.get('stage', p.label)}"
     if ab.kind == "guidance":
         return f"{student}, CFG {p.x:g}"
+    if p.extra.get("sft_only"):
+        return f"{student}, SFT only (winners alone, DPO's optimiser and steps)"
     if p.extra.get("beta") is None:
         return f"{student}, before DPO"
     sft = p.extra.get("sft_weight")
@@ -456,9 +473,10 @@ def describe(ab: AblationConfig, work: Path, seconds_per_step: float) -> str:
     kd_batch = train_config(ab.train_config, ab.train).batch_size
     for p in plan(ab, work):
         steps, cost, note = (p.train.steps, 1.0, "") if p.train is not None else (0, 0.0, " (snapshot)")
-        if ab.kind == "dpo" and p.extra["beta"] is not None:
-            dpo = train_config(ab.dpo_config, ab.dpo)
-            steps, cost, note = dpo.steps, DPO_STEP_COST * dpo.batch_size / kd_batch, " (DPO)"
+        if ab.kind == "dpo" and trains_from_start(p):
+            dpo, sft = train_config(ab.dpo_config, ab.dpo), p.extra.get("sft_only")
+            steps, cost = dpo.steps, (1 if sft else DPO_STEP_COST) * dpo.batch_size / kd_batch
+            note = " (SFT only)" if sft else " (DPO)"
         elif p.train is None and ab.kind == "dpo":
             note = f" (starting pipeline {ab.init_from})"
         total += steps * seconds_per_step * cost * (p.resolution / 32) ** 2

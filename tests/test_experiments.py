@@ -152,7 +152,7 @@ def test_unet_student_ablation(tmp_path):
 def _unet_dpo_ablation_from(start, tmp_path):
     """`ablate dpo` with `student: unet` from a trained pipeline (init_from; no KD run): a β point with and
     without SFT, each DPO run from and against `start`, table + paired comparisons against `start`."""
-    cfg = _ablation(tmp_path, "dpo", points=[100], student="unet", init_from=str(start), dpo_sft=[0, 1],
+    cfg = _ablation(tmp_path, "dpo", points=[100], student="unet", init_from=str(start), dpo_sft=[0, 1], dpo_sft_only=True,
                     dpo={**TINY_UNET, "steps": 2, "batch_size": 4, "save_every": 2}, dpo_pairs=8,
                     train={**TINY_UNET}, eval={"limit": 6, "steps": 2, "fid": True})
     args = ["ablate", "dpo", "--config", str(cfg), "--work", str(tmp_path / "wd"), "--output", str(tmp_path / "od")]
@@ -160,9 +160,10 @@ def _unet_dpo_ablation_from(start, tmp_path):
     assert dry.exit_code == 0, dry.output
     assert f"before-dpo: data n=96 diversity=all 32px, train 0 steps (starting pipeline {start})" in dry.output
     assert "beta100-sft1: data n=96 diversity=all 32px, train 2 steps (DPO)" in dry.output
+    assert "sft-only: data n=96 diversity=all 32px, train 2 steps (SFT only)" in dry.output
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in (tmp_path / "wd" / "train").iterdir()) == ["beta100", "beta100-sft1"]  # no KD
+    assert sorted(p.name for p in (tmp_path / "wd" / "train").iterdir()) == ["beta100", "beta100-sft1", "sft-only"]
     out = tmp_path / "od"
     before = json.loads((out / "points" / "before-dpo" / "summary.json").read_text())
     assert before["pipelines"] == [str(start)]
@@ -171,14 +172,22 @@ def _unet_dpo_ablation_from(start, tmp_path):
                                 ).read_text())["config"]
         assert (state["init_from"], state["dpo_beta"], state["dpo_sft_weight"], state["student"]) == (
             str(start), 100.0, sft, "unet")
+    # the SFT-only control: the student's own objective from the start, on the DPO runs' winners alone, with
+    # their optimiser, batch and steps
+    sft_state, dpo_state = (json.loads(next((tmp_path / "wd" / "train" / label / "checkpoints").glob(
+        "step-*/state.json")).read_text())["config"] for label in ("sft-only", "beta100"))
+    assert (sft_state["objective"], dpo_state["objective"], sft_state["loser_cache"]) == ("kd", "dpo", "")
+    for key in ("init_from", "cache", "lr", "batch_size", "steps", "ema_decay", "flip", "student"):
+        assert sft_state[key] == dpo_state[key], key
     table = (out / "table.md").read_text()
-    assert all(f"| UNet, {name} |" in table for name in ("before DPO", "DPO β=100", "DPO β=100 + SFT (weight 25)"))
+    assert all(f"| UNet, {name} |" in table for name in ("before DPO", "DPO β=100", "DPO β=100 + SFT (weight 25)",
+                                                         "SFT only (winners alone, DPO's optimiser and steps)"))
     compare = json.loads((out / "compare.json").read_text())
-    assert set(compare) == {"beta100", "beta100-sft1"}
+    assert set(compare) == {"beta100", "beta100-sft1", "sft-only"}
     after = json.loads((out / "points" / "beta100" / "summary.json").read_text())
     assert compare["beta100"]["overall"]["diff"] == pytest.approx(after["overall"] - before["overall"])
     lines = (out / "compare.md").read_text().splitlines()
-    assert len(lines) == 4 and lines[2].startswith("| UNet, DPO β=100 | ") and " → " in lines[2]
+    assert len(lines) == 5 and lines[2].startswith("| UNet, DPO β=100 | ") and " → " in lines[2]
 
 
 def test_ablation_dry_run_prints_plan_and_estimate(tmp_path):
