@@ -31,7 +31,7 @@ import yaml
 
 from bench.config import train_config
 from bench.experiment import DataSpec, EvalSpec, cached, distilled, evaluate, is_diffusers_pipeline, run_training
-from bench.provenance import run_record, setting_difference
+from bench.provenance import earlier_invocations, run_record, setting_difference, with_invocations
 from lightgen.errors import BOOL, MAPPING, TEXT, InputError, Rule, check_fields, check_known, integer, list_of, nested, \
     number, one_of, optional
 from lightgen.files import read_yaml, write_text
@@ -190,12 +190,12 @@ def _train_point(cfg: TrainConfig, launcher: str | None) -> Path:
 def run_ablation(ab: AblationConfig, output: Path, work: Path, command: list[str], launcher: str | None = None) -> dict:
     """Run (or resume) every point for every seed; write table, plot and run.json (recording `command`) into
     `output`."""
-    started = time.perf_counter()
+    started, earlier = time.perf_counter(), earlier_invocations(output / "run.json")
     runs = {seed: _run_seed(ab, output, work, seed, launcher) for seed in ab.seeds}
     results = [(p, _combined(ab, p, [runs[seed][i] for seed in ab.seeds], output))
                for i, p in enumerate(plan(ab, work))]
     write_outputs(ab, results, output)
-    record = run_record(command, dataclasses.asdict(ab), started)
+    record = with_invocations(run_record(command, dataclasses.asdict(ab), started), earlier)
     write_text(output / "run.json", json.dumps(record, indent=2, default=str))
     return {"points": [{"label": p.label, "overall": s["overall"], "overall_ci": s.get("overall_ci")}
                        for p, s in results]}

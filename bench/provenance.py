@@ -3,12 +3,15 @@ precision, threads, wall and CPU time (the same code gives other float sums on a
 count, so a number names all three)."""
 from __future__ import annotations
 
+import json
 import platform
 import resource
 import subprocess
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from lightgen.errors import InputError
 
 PACKAGES = ("lightgen-bench", "torch", "torchvision", "transformers", "open_clip_torch", "numpy", "pillow",
             "opencv-python-headless", "mmdet", "mmcv")
@@ -73,6 +76,32 @@ def run_record(command: list[str], config: dict, started: float) -> dict:
     return {"command": " ".join(command), "config": config, "wall_s": time.perf_counter() - started,
             "cpu_s": sum(u.ru_utime + u.ru_stime for u in usage),  # this process and its finished children
             "python": platform.python_version(), **environment()}
+
+
+INVOCATION_KEYS = ("command", "git_commit", "cpu", "torch_threads", "wall_s", "cpu_s")
+
+
+def earlier_invocations(previous: Path) -> list[dict]:
+    """The invocations recorded in a results folder's `run.json` (one for a record made before the list
+    existed), read before a resumed job starts so that a bad file stops it at once, not after its work."""
+    if not previous.is_file():
+        return []
+    try:
+        old = json.loads(previous.read_text())
+        earlier = old.get("invocations") or [{k: old.get(k) for k in INVOCATION_KEYS}]
+        float(sum(i["cpu_s"] for i in earlier))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise InputError(f"{previous}: expected the run.json of an earlier invocation ({e!r}); move it away "
+                         f"to start the record afresh") from None
+    return earlier
+
+
+def with_invocations(record: dict, earlier: list[dict]) -> dict:
+    """`record` (this invocation's run_record) with `invocations`, the earlier ones plus this one, and their
+    `total_cpu_s`: what a resumed job cost in all. An invocation killed before it wrote run.json is not
+    counted."""
+    invocations = [*earlier, {k: record.get(k) for k in INVOCATION_KEYS}]
+    return {**record, "invocations": invocations, "total_cpu_s": sum(i["cpu_s"] for i in invocations)}
 
 
 def setting_difference(old: dict, new: dict) -> str:

@@ -105,6 +105,13 @@ def test_ablation_persists_points_and_skips_them_on_rerun(tmp_path, monkeypatch)
     assert again.exit_code == 0, again.output
     assert recomputed == []  # a seeded recompute would give the same numbers: count the calls instead
     assert {p: json.loads((out / "points" / p / "summary.json").read_text())["overall"] for p in points} == first
+    # the record keeps both invocations and sums their CPU time: what the resumed job cost in all
+    rerun = json.loads((out / "run.json").read_text())
+    assert [i["cpu_s"] for i in rerun["invocations"]] == [run["cpu_s"], rerun["cpu_s"]]
+    assert rerun["total_cpu_s"] == pytest.approx(run["cpu_s"] + rerun["cpu_s"]) and run["total_cpu_s"] == run["cpu_s"]
+    (out / "run.json").write_text("[1, 2]")  # a bad record stops the job before any work, naming the file
+    bad = CliRunner().invoke(main, args)
+    assert bad.exit_code == 2 and f"{out / 'run.json'}: expected the run.json of an earlier invocation" in bad.output
 
 
 def test_ablation_seeds_are_combined_and_extend_without_retraining(tmp_path):
