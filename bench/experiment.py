@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.geneval.layout import TESTBED_PROMPTS, read_prompts
-from lightgen.errors import BOOL, check_fields, integer, number, optional
-from lightgen.files import write_text
+from lightgen.errors import BOOL, InputError, check_fields, integer, number, optional
+from lightgen.files import read_json, write_text
 from lightgen.train import TrainConfig, train
 
 
@@ -117,18 +117,30 @@ def evaluate(pipeline: Path, outdir: Path, spec: EvalSpec, prompts_file: Path = 
     from bench.geneval.generate import generate
     from bench.geneval.score import score
 
+    from bench.geneval.generate import dir_sha256
+    from bench.provenance import setting_difference
+
     prompts = eval_prompts(spec.limit, prompts_file)
     outdir.mkdir(parents=True, exist_ok=True)
     summary_file = outdir / "evaluation.json"  # written last: its presence means the step is complete
-    if summary_file.is_file():
-        return json.loads(summary_file.read_text())
+    identity = json.loads(json.dumps({"pipeline_sha256": dir_sha256(pipeline), "eval": asdict(spec),
+                                      "prompts": digest(prompts)}))
+    if summary_file.is_file():  # reused only for the same weights, settings and prompts
+        done = read_json(summary_file, "evaluation")
+        diff = setting_difference(done["identity"], identity) if isinstance(done.get("identity"), dict) else \
+            "no settings recorded"
+        if diff:
+            raise InputError(f"{summary_file}: evaluated with other weights or settings ({diff}); delete {outdir} "
+                             f"to evaluate again, or use another work folder")
+        return done
     generator = pipeline_generator(pipeline, spec)
     t0 = time.perf_counter()
     generate(generator, prompts, outdir / "images", n_samples=spec.n_samples, batch_size=64, seed=spec.seed)
     gen_s = time.perf_counter() - t0
     run = score(outdir / "images", get_detector("testbed"), get_color_classifier("testbed"), prompts=prompts,
                 results=outdir / "results.jsonl", n_samples=spec.n_samples, num_workers=0, progress=False)
-    summary = {**run.summary, "pipeline": str(pipeline), "eval": asdict(spec), "generate_s": gen_s}
+    summary = {**run.summary, "pipeline": str(pipeline), "eval": asdict(spec), "generate_s": gen_s,
+               "identity": identity}
     if Path(prompts_file) == TESTBED_PROMPTS:  # the prompts with held-out combinations, scored on their own
         from bench.geneval.summary import read_results, summarize
         from bench.testbed.prompts import heldout_rows

@@ -157,3 +157,30 @@ def test_an_ablation_point_of_other_settings_is_refused_not_reused(tmp_path):
     r = invoke(*args)
     assert r.exit_code == 2 and "point cfg1 was run with other settings (steps 2 -> 3)" in r.output, r.output
     assert (tmp_path / "o" / "points" / "cfg1" / "seed-0.json").read_text() == seed0
+
+
+def test_a_testbed_evaluation_is_reused_only_for_the_same_weights_settings_and_prompts(tmp_path, monkeypatch):
+    """`bench.experiment.evaluate` (every ablation, probe curve and the demo) keeps evaluation.json for a rerun:
+    reused as is for the same pipeline bytes, EvalSpec and prompts; any other is refused, naming the setting."""
+    import bench.experiment as experiment
+    from bench.testbed.teacher import TestbedTeacher
+
+    made = []
+    monkeypatch.setattr(experiment, "pipeline_generator", lambda pipe, spec: made.append(pipe) or TestbedTeacher(32))
+    pipe, out = tmp_path / "pipe", tmp_path / "eval"
+    pipe.mkdir()
+    (pipe / "weights.bin").write_bytes(b"0")
+    spec = experiment.EvalSpec(limit=4, steps=2, fid=False)
+    first = experiment.evaluate(pipe, out, spec)
+    assert experiment.evaluate(pipe, out, spec) == first and len(made) == 1  # reused, not regenerated
+    lines = (Path(__file__).resolve().parents[1] / "eval_configs" / "testbed" / "geneval_testbed.jsonl").read_text()
+    (tmp_path / "other.jsonl").write_text("".join(lines.splitlines(keepends=True)[-4:]))  # 4 other prompts
+    for other, prompts, pipe_bytes, named in (
+            (experiment.EvalSpec(limit=4, steps=2, fid=False, guidance_scale=2.0), None, b"0", "guidance_scale 4.0 -> 2.0"),
+            (experiment.EvalSpec(limit=5, steps=2, fid=False), None, b"0", "limit 4 -> 5"),
+            (spec, tmp_path / "other.jsonl", b"0", "prompts"),
+            (spec, None, b"1", "pipeline_sha256")):
+        (pipe / "weights.bin").write_bytes(pipe_bytes)
+        with pytest.raises(InputError, match=f"evaluation.json: evaluated with other weights or settings \\({named}"):
+            experiment.evaluate(pipe, out, other, **({"prompts_file": prompts} if prompts else {}))
+    assert len(made) == 1
