@@ -22,9 +22,25 @@ from lightgen.errors import InputError
 from lightgen.files import write_text
 
 
+def student_params(folder: Path) -> str | None:
+    """The trained network's size, from the ablation's run.json (its training config and overrides); None when
+    the folder has no record."""
+    from bench.config import train_config
+    from bench.experiment import parameter_count
+    from lightgen.files import read_json
+
+    record = folder / "run.json"
+    if not record.is_file():
+        return None
+    config = read_json(record, "ablation record").get("config")
+    if not isinstance(config, dict) or not config.get("train_config"):
+        raise InputError(f"{record}: expected an ablation's record (config.train_config and config.train)")
+    return f"{parameter_count(train_config(config['train_config'], config.get('train') or {})) / 1e6:.1f}M"
+
+
 def load_curve(folder: Path) -> pd.DataFrame:
     """One student's points (steps, training CPU minutes, every score and its interval) from an ablation folder."""
-    rows, found = [], sorted(Path(folder).glob("points/*/summary.json"))
+    rows, found, params = [], sorted(Path(folder).glob("points/*/summary.json")), student_params(Path(folder))
     for f in found:
         s = json.loads(f.read_text())
         if s.get("train_cpu_s") is None:  # a snapshot between two logged rows: no time to draw it at
@@ -33,7 +49,7 @@ def load_curve(folder: Path) -> pd.DataFrame:
         rows.append({"student": s.get("student"), "steps": s["point"]["x"], "train_cpu_min": s["train_cpu_s"] / 60,
                      "renders": n, "prompts": s["prompts"], "images": images,
                      "eval": json.dumps(s.get("eval"), sort_keys=True),
-                     **result_row(s, s.get("row_name"), data=f"{n:,} renders", where=str(f),
+                     **result_row(s, s.get("row_name"), params=params, data=f"{n:,} renders", where=str(f),
                                   source=f"ours: testbed detector, {s['prompts']} prompts × {images} images")})
     if not found:
         raise InputError(f"{folder}: expected a `steps` ablation folder (points/*/summary.json), found none")

@@ -44,6 +44,14 @@ def test_race_writes_table_plot_and_crossing_from_ablation_folders(tmp_path):
     assert (tmp_path / "out" / "race.png").stat().st_size > 10_000
     md = (tmp_path / "out" / "table.md").read_text()
     assert "| A, 200 steps, 2.0 training CPU-min |" in md and "0.30 ± 0.10" in md
+    # #Params from each folder's ablation record: the trained network, as the ablation tables give it
+    from bench.config import train_config
+    from bench.experiment import parameter_count
+
+    (fast / "run.json").write_text(json.dumps({"config": {"train_config": "eval_configs/train/testbed_unet.yaml",
+                                                          "train": {"batch_size": 8}}}))
+    params = parameter_count(train_config("eval_configs/train/testbed_unet.yaml", {}))
+    assert f"{params / 1e6:.1f}M" == load_curve(fast).params.iloc[0] and load_curve(slow).params.isna().all()
 
 
 def test_points_without_training_cpu_time_are_left_out_and_a_folder_of_none_is_refused(tmp_path):

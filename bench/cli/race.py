@@ -49,14 +49,21 @@ Examples:
 @click.option("--steps", type=click.IntRange(min=1), default=32, show_default=True, help="AR steps.")
 @click.option("--guidance-scale", type=click.FloatRange(min=0.0), default=1.0, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evenly spaced testbed prompts (default all).")
-def forced(ckpt, keep, outdir, steps, guidance_scale, limit):
+@click.pass_obj
+def forced(command_line, ckpt, keep, outdir, steps, guidance_scale, limit):
     """Teacher-forced completions: testbed GenEval of the model filling in a teacher render with `keep` of its
     tokens kept, beside the control that paints the same tokens with the background."""
     import json
 
+    import time
+
     from bench.forced import forced_scores
+    from bench.provenance import run_record
     from lightgen.files import write_text
 
+    started = time.perf_counter()
     result = forced_scores(ckpt, outdir, keep, steps, guidance_scale, limit)
-    write_text(outdir / f"forced-keep{keep:g}.json", json.dumps(result, indent=2))
+    config = {"ckpt": str(ckpt), "keep": keep, "steps": steps, "guidance_scale": guidance_scale, "limit": limit}
+    write_text(outdir / f"forced-keep{keep:g}.json",
+               json.dumps({**result, **run_record(command_line, config, started)}, indent=2))
     click.echo(json.dumps(result, indent=2))
