@@ -177,3 +177,19 @@ def test_geneval_score_prints_which_checkpoint_scored(converted, tiny_mask2forme
     assert r.exit_code == 2 and "another --results" in r.output  # never mixed with the other checkpoint's rows
     r = CliRunner().invoke(main, [*args, "--checkpoint", other, "--results", str(tmp_path / "o.jsonl")])
     assert r.exit_code == 0 and f"Detector: mask2former ({other}; GenEval's own weights: no" in r.output
+
+
+def test_parity_progress_resumes_a_killed_run_and_refuses_other_settings(tmp_path):
+    """The mmdet parity run (an hour at 800 px) keeps each finished image in progress.jsonl: a rerun continues
+    from there with the same rows, and a rerun with other settings stops, naming the file."""
+    from bench.geneval.parity_mmdet import Progress
+
+    settings = {"images": 3, "image_size": 800, "seed": 0}
+    first = Progress(tmp_path / "progress.jsonl", settings)
+    first.add("image", {"image": 0, "decisions": [1]})
+    first.add("image", {"image": 1, "decisions": [0]})  # ... killed here
+    again = Progress(tmp_path / "progress.jsonl", settings)
+    assert again.rows("image") == [{"image": 0, "decisions": [1]}, {"image": 1, "decisions": [0]}]
+    assert again.rows("sensitivity") == [] and again.invocations == 2
+    with pytest.raises(SystemExit, match="progress.jsonl: made with other settings"):
+        Progress(tmp_path / "progress.jsonl", {**settings, "image_size": 256})

@@ -324,24 +324,53 @@ def run(out: Path, n_images: int, n_sensitivity: int, image_size: int, seed: int
         conv3, conv2 = convert(v3, Path(tmp) / "conv3"), convert(v2, Path(tmp) / "conv2")
         layouts_agree = same_conversions(conv3, conv2)
         ours = Mask2FormerDetector(checkpoint=str(conv2), image_size=image_size, device="cpu")
-        rows, sens = [], []
-        for i in range(n_images):
-            rows.append(compare_image(i, mmdet, ours, prompts[i]))
-            print(json.dumps(rows[-1]), flush=True)
+        progress = Progress(out / "progress.jsonl", record["config"])
+        rows, sens = progress.rows("image"), progress.rows("sensitivity")
+        for i in range(len(rows), n_images):
+            rows.append(progress.add("image", compare_image(i, mmdet, ours, prompts[i])))
         perturbed = perturbed_copy(ours._load())
-        for i in range(min(n_sensitivity, n_images)):
-            sens.append(sensitivity(i, ours, perturbed, prompts[i], rows[i]["decisions"]))
-            print(json.dumps(sens[-1]), flush=True)
+        for i in range(len(sens), min(n_sensitivity, n_images)):
+            sens.append(progress.add("sensitivity", sensitivity(i, ours, perturbed, prompts[i], rows[i]["decisions"])))
     summary = {"layouts_2x_3x_convert_identically": layouts_agree, "image_size": image_size, **summarize_rows(rows, sens)}
     summary["pass"] = bool(layouts_agree and summary["class_logits_rel_diff_max"] <= 1e-4
                            and summary["mask_logits_rel_diff_max"] <= 1e-4 and summary["decisions_identical_images"]
                            == summary["kept_single_object"]["images_same_classes_boxes_order"]
                            == summary["kept_counting"]["images_same_classes_boxes_order"] == n_images)
-    record = {**summary, **record, "wall_s": time.perf_counter() - started}
-    out.mkdir(parents=True, exist_ok=True)
+    record = {**summary, **record, "wall_s": time.perf_counter() - started, "invocations": progress.invocations}
     (out / "images.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + sens))
     (out / "parity.json").write_text(json.dumps(record, indent=2) + "\n")
+    progress.path.unlink()
     return record
+
+
+class Progress:
+    """`out/progress.jsonl`: the settings, then one line per finished image, appended as it finishes, so a
+    killed run continues where it stopped (every row is deterministic in the seed); refused for other
+    settings. Removed once parity.json is written."""
+
+    def __init__(self, path: Path, settings: dict):
+        self.path, self.lines = path, []
+        if path.is_file():
+            head, *self.lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            if head.get("settings") != settings:
+                raise SystemExit(f"{path}: made with other settings ({head.get('settings')} vs {settings}); "
+                                 f"delete it to start again")
+            self.invocations = head.get("invocations", 1) + 1
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.invocations = 1
+        self.lines = [line for line in self.lines if "kind" in line]
+        path.write_text("".join(json.dumps(x) + "\n" for x in
+                                [{"settings": settings, "invocations": self.invocations}, *self.lines]))
+
+    def rows(self, kind: str) -> list[dict]:
+        return [{k: v for k, v in line.items() if k != "kind"} for line in self.lines if line["kind"] == kind]
+
+    def add(self, kind: str, row: dict) -> dict:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"kind": kind, **row}) + "\n")
+        print(json.dumps(row), flush=True)
+        return row
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -357,8 +386,9 @@ def main(argv: list[str] | None = None) -> None:
     k.add_argument("path", type=Path)
     for sp in (r, k):
         sp.add_argument("--stand-in-ops", action="store_true", help="mmcv installed without its compiled ops")
+        sp.add_argument("--threads", type=int, default=1, help="torch threads (the CPU seconds are per image)")
     a = p.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     if a.stand_in_ops:
         stand_in_ops()
     if a.cmd == "keys":
