@@ -243,6 +243,8 @@ def _run_point(ab: AblationConfig, p: Point, run: Point, work: Path, seed: int, 
     summary = evaluate(pipeline, seeded(work / "eval" / p.label, seed), spec)
     if ab.kind == "steps":
         summary["train_cpu_s"] = train_cpu_seconds(Path(train.out) / "metrics.csv", p.x)
+    elif trained is not None:  # the point's own training run, to its last step
+        summary["train_cpu_s"] = train_cpu_seconds(Path(train.out) / "metrics.csv", train.steps)
     if train and pipeline not in probes and not is_diffusers_pipeline(pipeline):  # LightGen's, on the KD data
         probes[pipeline] = probe_pipeline(pipeline, train.cache)
     if pipeline in probes:

@@ -94,6 +94,9 @@ def test_ablation_persists_points_and_skips_them_on_rerun(tmp_path, monkeypatch)
     assert points == ["n48", "n96"]
     first = {p: json.loads((out / "points" / p / "summary.json").read_text())["overall"] for p in points}
     assert sorted(f.name for f in (out / "points" / "n48").iterdir()) == ["seed-0.json", "summary.json"]
+    for point in points:  # each point's training CPU time, summed from its run's metrics.csv
+        cpu = pd.read_csv(tmp_path / "w" / "train" / point / "metrics.csv")["cpu_s"].sum()
+        assert json.loads((out / "points" / point / "seed-0.json").read_text())["train_cpu_s"] == pytest.approx(cpu)
     table = (out / "table.md").read_text()
     assert (out / "plot.png").stat().st_size > 0 and "LightGen, 48 images" in table and " ± " in table
     run = json.loads((out / "run.json").read_text())
