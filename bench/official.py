@@ -9,7 +9,6 @@ generic names never leak), and on a CPU the calls run under `cuda_noop()`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import importlib.util
 import sys
@@ -22,6 +21,7 @@ import torch.nn as nn
 
 from lightgen.config import LightGenConfig
 from lightgen.errors import InputError
+from lightgen.files import files_sha256
 
 OFFICIAL_REPO = "github.com/XianfengWu01/LightGen"
 MODEL_FILE = "models/fluid_arbitrary.py"
@@ -75,10 +75,7 @@ def load_official(path: str | Path) -> types.ModuleType:
 
 def source_digest(path: str | Path) -> str:
     """sha256 over the official files that define the model (identifies the checkout's version)."""
-    root, digest = Path(path), hashlib.sha256()
-    for file in sorted(p for name in _PACKAGES for p in (root / name).glob("*.py")):
-        digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes())
-    return digest.hexdigest()
+    return files_sha256(path, (p for name in _PACKAGES for p in (Path(path) / name).glob("*.py")))
 
 
 @contextlib.contextmanager

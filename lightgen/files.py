@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -136,3 +137,23 @@ def check_output_file(path: str | os.PathLike, field: str) -> Path:
         raise InputError(f"{field}: {path} is a directory; expected a file name")
     check_writable(path.parent, field)
     return path
+
+
+def sha256_file(path: str | os.PathLike, digest=None) -> str:
+    """sha256 of a file's bytes, read in blocks (checkpoints are GBs); `digest` continues another hash."""
+    digest = digest or hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def files_sha256(root: str | os.PathLike, files) -> str:
+    """One sha256 over `files` under `root`, in sorted order, each as its relative name, a NUL and its bytes:
+    what identifies a pipeline directory or a source checkout (a renamed file changes it too)."""
+    root, digest = Path(root), hashlib.sha256()
+    for f in sorted(Path(f) for f in files):
+        digest.update(f.relative_to(root).as_posix().encode() + b"\0")
+        sha256_file(f, digest)
+    return digest.hexdigest()
+

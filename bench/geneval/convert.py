@@ -12,7 +12,6 @@ official weights without downloading them here.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -26,6 +25,7 @@ import torch
 
 from lightgen.checkpoint import read_pth
 from lightgen.errors import InputError
+from lightgen.files import sha256_file
 
 CONFIG_NAME = "mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco"
 OFFICIAL_FILES = {  # sha256 prefix -> what it is
@@ -167,14 +167,6 @@ def mmdet3_name(name: str) -> str:
     if "decoder.layers" in name:
         name = name.replace("attentions.0", "cross_attn").replace("attentions.1", "self_attn")
     return name
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:

@@ -6,7 +6,6 @@ the images do not depend on batch size, sharding or resumption.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,7 +19,7 @@ from bench.geneval.layout import is_complete, read_layout, write_prompt
 from lightgen.distill import SeededPipeline, sample_seed
 from lightgen.distill import Teacher as Generator  # the same protocol: (prompts, seeds) -> one image each
 from lightgen.errors import InputError
-from lightgen.files import write_text
+from lightgen.files import files_sha256, write_text
 
 GENERATION_RECORD = "generation.json"  # the settings the folder's images were made with
 
@@ -67,15 +66,7 @@ def dir_sha256(path: str | os.PathLike) -> str | None:
     """Content hash of a local pipeline directory (file names and bytes), None for a hub id: a retrained
     checkpoint at the same path is another generator."""
     path = Path(path)
-    if not path.is_dir():
-        return None
-    digest = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(f.relative_to(path)).encode() + b"\0")
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return files_sha256(path, (p for p in path.rglob("*") if p.is_file())) if path.is_dir() else None
 
 
 def settings(generator: Generator, seed: int) -> dict:
