@@ -17,7 +17,8 @@ from bench.geneval import convert as conv
 from bench.geneval.detectors import Mask2FormerDetector
 from lightgen.errors import InputError
 
-FIXTURE = Path(__file__).parent / "fixtures" / "geneval_m2f_official_keys.tsv"
+FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURE = FIXTURES / "geneval_m2f_official_keys.tsv"
 
 
 def official_keys() -> list[tuple[str, str, tuple[int, ...]]]:
@@ -193,3 +194,29 @@ def test_parity_progress_resumes_a_killed_run_and_refuses_other_settings(tmp_pat
     assert again.rows("sensitivity") == [] and again.invocations == 2
     with pytest.raises(SystemExit, match="progress.jsonl: made with other settings"):
         Progress(tmp_path / "progress.jsonl", {**settings, "image_size": 256})
+
+
+def test_our_detector_reproduces_mmdets_golden_outputs_without_mmdet(tmp_path):
+    """The mmdet parity in CI: GenEval's Mask2Former with random weights (drawn without mmdet from the official
+    key table, the tensors `parity_mmdet.randomise` gives mmdet's model) saved as an mmdet checkpoint, converted,
+    run through our pipeline on the golden renders: class logits, every detection's class, box and score, and
+    GenEval's decisions match mmdet's (tests/fixtures/geneval_m2f_mmdet_golden.json, made by
+    `python -m bench.geneval.parity_mmdet golden` in the mmdet environment)."""
+    import json
+
+    from bench.geneval.detectors import Mask2FormerDetector
+    from bench.geneval.parity_mmdet import golden_record, official_random_state
+
+    golden = json.loads((FIXTURES / "geneval_m2f_mmdet_golden.json").read_text())
+    state = official_random_state(FIXTURES / "geneval_m2f_official_keys.tsv", golden["seed"])
+    torch.save({"meta": {}, "state_dict": state}, tmp_path / "m2f-random.pth")
+    ours = Mask2FormerDetector(checkpoint=str(conv.convert(tmp_path / "m2f-random.pth", tmp_path / "conv")),
+                               image_size=golden["image_size"], device="cpu")
+    rows = golden_record(ours, [r["prompts"] for r in golden["renders"]], mmdet=False)
+    for ref, mine in zip(golden["renders"], rows, strict=True):
+        a, b = torch.tensor(mine["class_logits_first8"]), torch.tensor(ref["class_logits_first8"])
+        assert float((a - b).abs().max() / b.abs().max()) <= 1e-4, ref["image"]
+        assert [(d["class"], d["box"]) for d in mine["detections"]] == [(d["class"], d["box"]) for d in
+                                                                       ref["detections"]], ref["image"]
+        assert max(abs(x["score"] - y["score"]) for x, y in zip(mine["detections"], ref["detections"])) <= 1e-4
+        assert mine["decisions"] == ref["decisions"], ref["image"]

@@ -4,6 +4,7 @@ Runs in a side environment with mmdet 3.3 + mmcv 2.1 (README "mmdet backend"), n
 
     python -m bench.geneval.parity_mmdet run --out results/geneval/parity-mmdet/800px --images 4 --sensitivity 0
     python -m bench.geneval.parity_mmdet keys tests/fixtures/geneval_m2f_official_keys.tsv
+    python -m bench.geneval.parity_mmdet golden tests/fixtures/geneval_m2f_mmdet_golden.json
 
 (`--stand-in-ops` runs it with mmcv installed without its compiled ops: mmdet's Mask2Former calls
 none of them on a CPU.)
@@ -16,7 +17,9 @@ it), converts both with `bench.geneval.convert`, and on renders of varied sizes 
    `inference_detector` vs our `Mask2FormerDetector` (cv2 resize, mmcv-style normalisation);
 3. GenEval decisions for 4 official prompts per image (colours from one shared deterministic
    classifier, so only the detector differs).
-`keys` writes the official state dict's names (3.x and 2.x) and shapes: the CI test fixture.
+`keys` writes the official state dict's names (3.x and 2.x) and shapes: the CI test fixture. `golden`
+writes mmdet's outputs on those random weights (drawn again without mmdet from the key table), which CI
+compares our pipeline against on every run.
 """
 from __future__ import annotations
 
@@ -88,17 +91,38 @@ def _matrix_std(name: str, shape: torch.Size) -> float:
     return math.prod(shape[1:]) ** -0.5 * gain
 
 
+def random_parameters(shapes: list[tuple[str, tuple[int, ...]]], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Every parameter (named, in the model's order) redrawn, none left at a zero or one init: matrices
+    as `_matrix_std`, norm scales 1 +/- 0.2, biases N(0, 0.02) (larger shared offsets make every query the
+    same class). One generator in that order: mmdet's model and the CI fixture test draw the same tensors."""
+    g, out = torch.Generator().manual_seed(seed), {}
+    for name, shape in shapes:
+        n = torch.randn(shape, generator=g)
+        out[name] = n * _matrix_std(name, torch.Size(shape)) if len(shape) >= 2 else 1 + 0.2 * n \
+            if name.endswith("weight") else 0.02 * n
+    zero = [k for k, v in out.items() if not v.abs().gt(0).any()]
+    assert not zero, f"parameters left at zero: {zero}"
+    return out
+
+
 def randomise(model: torch.nn.Module, seed: int = 0) -> None:
-    """Redraw every parameter (none left at a zero or one init): matrices as `_matrix_std`, norm
-    scales 1 +/- 0.2, biases N(0, 0.02) (larger shared offsets make every query the same class)."""
-    g = torch.Generator().manual_seed(seed)
+    """`random_parameters` into `model`."""
+    drawn = random_parameters([(n, tuple(p.shape)) for n, p in model.named_parameters()], seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            n = torch.randn(p.shape, generator=g)
-            p.copy_(n * _matrix_std(name, p.shape) if p.ndim >= 2 else 1 + 0.2 * n if name.endswith("weight")
-                    else 0.02 * n)
-        zero = [n for n, p in model.named_parameters() if not p.abs().gt(0).any()]
-        assert not zero, f"parameters left at zero: {zero}"
+            p.copy_(drawn[name])
+
+
+def official_random_state(keys: Path, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The state dict `randomise` gives mmdet's model, built without mmdet from the official key table
+    (`keys` writes it: mmdet 3.x names and shapes in the model's order; the only buffers are Swin's
+    relative position indices, which are constants)."""
+    from bench.geneval.convert import relative_position_index
+
+    rows = [line.split("\t") for line in keys.read_text().splitlines() if line and not line.startswith("#")]
+    shapes = [(name, tuple(int(d) for d in shape.split("x"))) for name, _, shape in rows]
+    drawn = random_parameters([(n, s) for n, s in shapes if not n.endswith("relative_position_index")], seed)
+    return {n: relative_position_index() if n.endswith("relative_position_index") else drawn[n] for n, _ in shapes}
 
 
 def build_mmdet(checkpoint: str | None, image_size: int = 800):
@@ -181,14 +205,23 @@ def forward_logged(det, image: Image.Image, pre: torch.nn.Module, post: torch.nn
     return dets, got
 
 
+def mmdet_hooks(det) -> tuple:
+    """Where `forward_logged` reads mmdet's input tensor and last-layer (class, mask) logits."""
+    return det._model.backbone, det._model.panoptic_head, lambda out: (out[0][-1].detach(), out[1][-1].detach())
+
+
+def our_hooks(det) -> tuple:
+    """The same points in our transformers Mask2Former."""
+    hf = det._load()
+    return (hf.model.pixel_level_module.encoder, hf,
+            lambda out: (out.class_queries_logits.detach(), out.masks_queries_logits.detach()))
+
+
 def compare_image(i: int, mmdet, ours, prompts: list[dict]) -> dict:
     """One render through both full pipelines: input tensors, last-layer logits, detections, decisions."""
     im = render(i)
-    ref, m = forward_logged(mmdet, im, mmdet._model.backbone, mmdet._model.panoptic_head,
-                            lambda out: (out[0][-1].detach(), out[1][-1].detach()))
-    hf = ours._load()
-    mine, o = forward_logged(ours, im, hf.model.pixel_level_module.encoder, hf,
-                             lambda out: (out.class_queries_logits.detach(), out.masks_queries_logits.detach()))
+    ref, m = forward_logged(mmdet, im, *mmdet_hooks(mmdet))
+    mine, o = forward_logged(ours, im, *our_hooks(ours))
     d_ref, d_mine = decisions(ref, im, prompts), decisions(mine, im, prompts)
     same_shape = o["x"].shape == m["x"].shape
     return {"image": i, "size": [im.height, im.width], "input_shape": list(m["x"].shape[-2:]),
@@ -343,6 +376,43 @@ def run(out: Path, n_images: int, n_sensitivity: int, image_size: int, seed: int
     return record
 
 
+GOLDEN_RENDERS = (0, 2, 6)  # 512², 480×640 and 750×1333: square, portrait-to-landscape, the widest
+
+
+def golden_record(det, prompts: list[list[dict]], mmdet: bool) -> list[dict]:
+    """What the CI fixture keeps of `det` (mmdet's pipeline or ours) per golden render: the first 8 queries'
+    class logits, every detection's class, score and box, and GenEval's decisions for the render's prompts."""
+    rows = []
+    for i, metas in zip(GOLDEN_RENDERS, prompts):
+        im = render(i)
+        dets, got = forward_logged(det, im, *(mmdet_hooks(det) if mmdet else our_hooks(det)))
+        rows.append({"image": i, "size": [im.height, im.width], "prompts": metas,
+                     "class_logits_first8": got["out"][0][0, :8].tolist(),
+                     "detections": [{"class": d["class"], "score": d["score"], "box": d["box"]} for d in dets],
+                     "decisions": decisions(dets, im, metas)})
+    return rows
+
+
+def write_golden(path: Path, image_size: int = 128, seed: int = 0) -> dict:
+    """The CI fixture: mmdet's Mask2Former (GenEval's config) on `random_parameters(seed)` at `image_size`,
+    on the golden renders with 4 official prompts each; tests/test_geneval_convert.py checks our pipeline
+    against it on every run, with no mmdet installed."""
+    from bench.geneval.layout import OFFICIAL_PROMPTS, read_prompts
+    from bench.provenance import run_record
+
+    started = time.perf_counter()
+    mmdet = build_mmdet(None, image_size)
+    randomise(mmdet._model, seed)
+    official, rng = read_prompts(OFFICIAL_PROMPTS), np.random.default_rng(seed)
+    prompts = [[official[j] for j in rng.choice(len(official), 4, replace=False)] for _ in GOLDEN_RENDERS]
+    record = {"image_size": image_size, "seed": seed, "mmcv_ext": mmcv_ext(),
+              "renders": golden_record(mmdet, prompts, mmdet=True),
+              **run_record(["python", "-m", "bench.geneval.parity_mmdet", *sys.argv[1:]],
+                           {"image_size": image_size, "seed": seed}, started)}
+    path.write_text(json.dumps(record) + "\n")
+    return record
+
+
 class Progress:
     """`out/progress.jsonl`: the settings, then one line per finished image, appended as it finishes, so a
     killed run continues where it stopped (every row is deterministic in the seed); refused for other
@@ -384,7 +454,10 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--seed", type=int, default=0)
     k = sub.add_parser("keys", help="write the official key table (the CI test fixture)")
     k.add_argument("path", type=Path)
-    for sp in (r, k):
+    f = sub.add_parser("golden", help="write mmdet's outputs on the random weights (the CI golden fixture)")
+    f.add_argument("path", type=Path)
+    f.add_argument("--image-size", type=int, default=128)
+    for sp in (r, k, f):
         sp.add_argument("--stand-in-ops", action="store_true", help="mmcv installed without its compiled ops")
         sp.add_argument("--threads", type=int, default=1, help="torch threads (the CPU seconds are per image)")
     a = p.parse_args(argv)
@@ -393,6 +466,8 @@ def main(argv: list[str] | None = None) -> None:
         stand_in_ops()
     if a.cmd == "keys":
         write_keys(a.path)
+    elif a.cmd == "golden":
+        write_golden(a.path, a.image_size)
     else:
         record = run(a.out, a.images, a.sensitivity, a.image_size, a.seed)
         print(json.dumps({k: v for k, v in record.items() if k not in ("config", "versions")}, indent=2))
