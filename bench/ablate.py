@@ -412,29 +412,40 @@ def _plot_title(kind: str, summaries: list[dict], student: str) -> str:
     renders = f"{ns.pop():,} teacher renders" if len(ns) == 1 else "teacher renders (x axis)"
     captions = "" if len(ds) > 1 else ", all captions" if None in ds else f", {ds.pop():,} captions"
     first, ev = summaries[0], summaries[0].get("eval", {})
+    counts = sorted({len(s.get("seeds", [0])) for s in summaries})
     seeds = len(first.get("seeds", [0]))
     per = first["images"] // max(1, first["prompts"] * seeds)
     cfg = "" if kind == "guidance" else f", CFG {ev.get('guidance_scale', ev.get('cfg', 4.0)):g}"
     return (f"{STUDENT_NAMES[student]} student on the testbed: GenEval vs {XLABELS[kind]}\n{renders}{captions} · "
             f"{first['prompts']} testbed prompts × {per} image{'s' * (per > 1)}"
-            + (f" × {seeds} training seeds" if seeds > 1 else "") + f" · {ev.get('steps')} sampling steps{cfg}")
+            + (f" × {'–'.join(map(str, counts))} training seeds" if counts[-1] > 1 else "")
+            + f" · {ev.get('steps')} sampling steps{cfg}")
 
 
 def replot(folder: Path) -> list[Path]:
-    """Redraw an ablation folder's plots from its committed run.json and points/*/summary.json (no training)."""
+    """Redraw an ablation folder's plots from its committed run.json and points/*/summary.json (no training);
+    a folder of several ablation folders of one kind and student (e.g. a grid run as two configs) gets one
+    plot of all their points."""
     def read(path: Path):
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise InputError(f"{path}: expected a readable JSON file ({e})") from None
 
-    config = read(folder / "run.json").get("config")
-    if not isinstance(config, dict) or config.get("kind") not in KINDS:
-        raise InputError(f"{folder / 'run.json'}: expected an ablation's record (config.kind one of {', '.join(KINDS)})")
-    summaries = [read(f) for f in sorted(folder.glob("points/*/summary.json"))]
+    parts = [folder] if (folder / "run.json").is_file() else sorted(p.parent for p in folder.glob("*/run.json"))
+    configs = [read(p / "run.json").get("config") for p in parts] or [None]
+    for part, config in zip(parts or [folder], configs):
+        if not isinstance(config, dict) or config.get("kind") not in KINDS:
+            raise InputError(f"{part / 'run.json'}: expected an ablation's record (config.kind one of {', '.join(KINDS)})")
+    kinds = {(c["kind"], c.get("student", "lightgen")) for c in configs}
+    if len(kinds) > 1:
+        raise InputError(f"{folder}: its ablation folders are of different kinds or students {sorted(kinds)}; "
+                         f"plot each on its own")
+    summaries = [read(f) for part in parts for f in sorted(part.glob("points/*/summary.json"))]
     if not summaries:
         raise InputError(f"{folder}: no points/<label>/summary.json to plot")
-    return plot_outputs(config["kind"], summaries, folder, config.get("student", "lightgen"))
+    (kind, student), = kinds
+    return plot_outputs(kind, sorted(summaries, key=lambda s: s["point"]["x"]), folder, student)
 
 
 def _sample_count(s: dict) -> str:

@@ -100,6 +100,7 @@ NOT_RUN = {
     "lightgen-bench testbed prompts --out eval_configs/testbed/geneval_testbed.jsonl": "rewrites the committed prompts",
     "lightgen-bench plot results/testbed/steps": "rewrites a committed plot (plot: test_tables, on copies)",
     "lightgen-bench plot results/testbed/kd-probes": "rewrites a committed plot (plot: test_tables, on copies)",
+    "lightgen-bench plot results/testbed/data-scale": "rewrites a committed plot (plot: test_tables, on copies)",
     "lightgen-bench race results/testbed/race/lightgen results/testbed/race/unet --name LightGen --name UNet "
     "--output results/testbed/race": "rewrites the committed results/testbed/race (race: test_race)",
     "lightgen-bench ablate steps --config eval_configs/ablations/race-lightgen.yaml --work runs/race-lightgen "

@@ -178,7 +178,7 @@ def test_intervals_reconstructed_from_counts_are_the_scorers_bootstrap():
     assert scores_with_intervals(summary()) == (score_fields(summary()), False)  # 4 images a prompt: not rebuilt
 
 
-def test_plot_redraws_committed_folders_without_training(tmp_path):
+def test_plot_redraws_committed_folders_without_training(tmp_path, monkeypatch):
     """`lightgen-bench plot DIR`: an ablation folder (run.json + points/*/summary.json) and a probe-kd records
     file; anything else is refused with one line."""
     abl = tmp_path / "abl"
@@ -197,6 +197,20 @@ def test_plot_redraws_committed_folders_without_training(tmp_path):
     assert res.exit_code == 0, res.output
     for png in (abl / "plot.png", abl / "probe.png", probes / "curves.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {png}" in res.output
+    # a folder of ablation folders of one kind (a grid run as two configs): one plot of all their points
+    grid = tmp_path / "grid"
+    for part, n in (("a", 1000), ("b", 64000)):
+        point = {"label": f"n{n}", "x": n, "data": {"n": n, "diversity": None}}
+        write_summary(grid / part / "points" / f"n{n}", summary(point=point, eval={"steps": 20, "guidance_scale": 4.0}))
+        (grid / part / "run.json").write_text(json.dumps({"config": {"kind": "data-scale", "student": "unet"}}))
+    seen = []
+    monkeypatch.setattr("bench.ablate.plot_outputs", lambda kind, summaries, out, student: seen.append(
+        (kind, [s["point"]["x"] for s in summaries], out, student)) or [out / "plot.png"])
+    assert CliRunner().invoke(main, ["plot", str(grid)]).exit_code == 0
+    assert seen == [("data-scale", [1000, 64000], grid, "unet")]
+    (grid / "b" / "run.json").write_text(json.dumps({"config": {"kind": "steps", "student": "unet"}}))
+    res = CliRunner().invoke(main, ["plot", str(grid)])
+    assert res.exit_code == 2 and "of different kinds or students" in res.output
     (tmp_path / "empty").mkdir()
     (probes / "results.jsonl").write_text(json.dumps({"kind": "copy"}) + "\n")
     for folder, message in ((tmp_path / "empty", "run.json"), (probes, "no `curve` records")):

@@ -12,6 +12,7 @@ from bench.cli.group import main
 Examples:
   lightgen-bench plot results/testbed/steps   # an ablation: plot.png, probe.png from points/
   lightgen-bench plot results/testbed/kd-probes          # probe-kd curves: curves.png from results.jsonl
+  lightgen-bench plot results/testbed/data-scale   # ablation folders of one kind inside: one plot of all
 """)
 @click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 def plot(folders):
