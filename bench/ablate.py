@@ -34,7 +34,7 @@ from bench.experiment import DataSpec, EvalSpec, cached, distilled, evaluate, is
 from bench.provenance import earlier_invocations, run_record, setting_difference, with_invocations
 from lightgen.errors import BOOL, MAPPING, TEXT, InputError, Rule, check_fields, check_known, integer, list_of, nested, \
     number, one_of, optional
-from lightgen.files import read_yaml, write_text
+from lightgen.files import read_json, read_yaml, write_text
 from lightgen.probe import probe_pipeline
 from lightgen.train import TrainConfig
 
@@ -426,14 +426,8 @@ def replot(folder: Path) -> list[Path]:
     """Redraw an ablation folder's plots from its committed run.json and points/*/summary.json (no training);
     a folder of several ablation folders of one kind and student (e.g. a grid run as two configs) gets one
     plot of all their points."""
-    def read(path: Path):
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise InputError(f"{path}: expected a readable JSON file ({e})") from None
-
     parts = [folder] if (folder / "run.json").is_file() else sorted(p.parent for p in folder.glob("*/run.json"))
-    configs = [read(p / "run.json").get("config") for p in parts] or [None]
+    configs = [read_json(p / "run.json", "ablation record").get("config") for p in parts] or [None]
     for part, config in zip(parts or [folder], configs):
         if not isinstance(config, dict) or config.get("kind") not in KINDS:
             raise InputError(f"{part / 'run.json'}: expected an ablation's record (config.kind one of {', '.join(KINDS)})")
@@ -441,7 +435,7 @@ def replot(folder: Path) -> list[Path]:
     if len(kinds) > 1:
         raise InputError(f"{folder}: its ablation folders are of different kinds or students {sorted(kinds)}; "
                          f"plot each on its own")
-    summaries = [read(f) for part in parts for f in sorted(part.glob("points/*/summary.json"))]
+    summaries = [read_json(f, "point summary") for part in parts for f in sorted(part.glob("points/*/summary.json"))]
     if not summaries:
         raise InputError(f"{folder}: no points/<label>/summary.json to plot")
     (kind, student), = kinds
